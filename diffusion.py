@@ -1,0 +1,320 @@
+"""Gaussian diffusion: the math shared by the prior, the decoder and the upsamplers.
+
+The network is always an argument (`model(x_t, t, **cond) -> output`); this module holds only
+the schedule, the forward process, the reverse-process parameterisation, the losses and the
+samplers. It imports nothing from the project, so it can be copied on its own.
+
+Symbols (paper -> code):
+    T                       num_timesteps
+    β_t                     betas
+    ᾱ_t = Π_{s≤t} (1 − β_s) alpha_bar           ([DDIM] writes this α_t; we always write ᾱ)
+    x_0, x_t, ε             x_0, x_t, eps
+    β̃_t                     posterior_var       variance of q(x_{t−1} | x_t, x_0)
+    μ̃_t(x_t, x_0)           coef_x0 · x_0 + coef_xt · x_t
+    Σ_θ, v                  the learned variance and the raw net output that interpolates it
+
+Timestep convention: t is an int64 index in [0, T). Index 0 is one step of noise
+(ᾱ_0 = 1 − β_0 ≈ 1); sampling runs t = T−1 … 0 and the step at t = 0 returns x_0 itself.
+Every function works on any shape [B, ...]: images [B, C, H, W] and vectors [B, D] alike.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+MEAN_TYPES = ("eps", "x0")  # what the net predicts: the noise (decoder) or x_0 itself (prior)
+VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
+CLIP_MODES = ("none", "static", "dynamic")  # how predicted x_0 is kept inside the data range
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """[IDDPM] Eq. 17: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2); float64 [T]."""
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    # [IDDPM] Sec. 3.2: β_t = 1 − ᾱ_t/ᾱ_{t−1}, clipped so the last steps are not singular
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def linear_betas(T: int) -> Tensor:
+    """[DDPM] Sec. 4: β from 1e-4 to 0.02 over 1000 steps, rescaled for other T as [IDDPM] does."""
+    scale = 1000 / T
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+
+
+def guide(out_cond: Tensor, out_uncond: Tensor, scale: float, learned_var: bool) -> Tensor:
+    """Classifier-free guidance on a batch of net outputs (both halves from one forward).
+
+    [CFG] Eq. 6, [GLIDE] Sec. 2.3: ε̂ = ε(∅) + s·(ε(c) − ε(∅)). With a learned variance only
+    the mean channels (first half of dim 1) are guided; the conditional variance is kept.
+    Scale 1 is the conditional output, 0 the unconditional one. Linear, so it also applies
+    to an x_0-predicting net (the prior).
+    """
+    if out_cond.shape != out_uncond.shape:
+        raise ValueError(f"guide: shapes differ, {tuple(out_cond.shape)} vs {tuple(out_uncond.shape)}")
+    if not learned_var:
+        return out_uncond + scale * (out_cond - out_uncond)
+    mean_c, var_c = out_cond.chunk(2, dim=1)
+    mean_u = out_uncond.chunk(2, dim=1)[0]
+    return torch.cat([mean_u + scale * (mean_c - mean_u), var_c], dim=1)
+
+
+def normal_kl(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor) -> Tensor:
+    """KL(N(mean1, e^log_var1) ‖ N(mean2, e^log_var2)) elementwise, in nats."""
+    return 0.5 * (log_var2 - log_var1 - 1 + (log_var1 - log_var2).exp()
+                  + (mean1 - mean2) ** 2 * (-log_var2).exp())
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """[DDPM] Eq. 13: log-probability of 8-bit data x ∈ [−1, 1] (bins of width 2/255) under
+    N(mean, e^log_var); the edge bins extend to ±∞. Elementwise, in nats."""
+    inv_std = (-0.5 * log_var).exp()
+    cdf_hi = torch.special.ndtr(inv_std * (x - mean + 1 / 255))
+    cdf_lo = torch.special.ndtr(inv_std * (x - mean - 1 / 255))
+    tiny = 1e-12  # keeps log finite when a bin's mass underflows
+    return torch.where(x < -0.999, cdf_hi.clamp(min=tiny).log(),
+                       torch.where(x > 0.999, (1 - cdf_lo).clamp(min=tiny).log(),
+                                   (cdf_hi - cdf_lo).clamp(min=tiny).log()))
+
+
+def _at(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """a[t] as [B, 1, ..., 1] so it broadcasts against x of shape [B, ...]."""
+    return a[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _mean_flat(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(1)
+
+
+def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
+    # drawn on the generator's device, so one seed gives one result whatever the model's device
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+class GaussianDiffusion(nn.Module):
+    """A T-step Gaussian diffusion [DDPM] with the [IDDPM] reverse-process options.
+
+    Schedules are computed in float64 and kept as float32 buffers (non-persistent: they are
+    derived from the config, not learned, and move with `.to(device)`). `timestep_map[k]` is
+    the original timestep of index k, so a respaced diffusion calls the net with the timesteps
+    it was trained on.
+    """
+
+    def __init__(self, betas: Tensor, mean_type: str = "eps", var_type: str = "learned_range",
+                 timestep_map: Tensor | None = None):
+        super().__init__()
+        if mean_type not in MEAN_TYPES:
+            raise ValueError(f"mean_type must be one of {MEAN_TYPES}, got {mean_type!r}")
+        if var_type not in VAR_TYPES:
+            raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.dim() != 1 or len(betas) < 2 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-D tensor of at least 2 values in (0, 1]")
+        self.mean_type, self.var_type = mean_type, var_type
+        self.num_timesteps = T = len(betas)
+
+        alpha_bar = torch.cumprod(1 - betas, 0)
+        alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        self._alpha_bar64 = alpha_bar  # float64 copy on the CPU, for exact respacing
+        # [DDPM] Eq. 7: q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I)
+        posterior_var = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        # β̃_0 = 0, so its log is clipped with β̃_1 at t = 0 [IDDPM] Sec. 3.1
+        posterior_log_var = torch.cat([posterior_var[1:2], posterior_var[1:]]).log()
+        # "fixed_large" uses β_t, with β̃_1 at t = 0 for a finite log-likelihood [IDDPM]
+        large_var = torch.cat([posterior_var[1:2], betas[1:]])
+        buffers = {
+            "betas": betas,
+            "alpha_bar": alpha_bar,
+            "alpha_bar_prev": alpha_bar_prev,
+            "sqrt_alpha_bar": alpha_bar.sqrt(),
+            "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
+            "sqrt_recip_alpha_bar": (1 / alpha_bar).sqrt(),
+            "sqrt_recipm1_alpha_bar": (1 / alpha_bar - 1).sqrt(),
+            "posterior_var": posterior_var,
+            "posterior_log_var": posterior_log_var,
+            # [DDPM] Eq. 7: μ̃_t = coef_x0 · x_0 + coef_xt · x_t
+            "coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+            "coef_xt": (1 - alpha_bar_prev) * (1 - betas).sqrt() / (1 - alpha_bar),
+            "large_var": large_var,
+            "large_log_var": large_var.log(),
+            "log_betas": betas.log(),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float(), persistent=False)
+        if timestep_map is None:
+            timestep_map = torch.arange(T)
+        self.register_buffer("timestep_map", torch.as_tensor(timestep_map).long(), persistent=False)
+
+    # ---------------------------------------------------------------- checks and respacing
+    def _check_t(self, t: Tensor, x: Tensor) -> None:
+        if t.dtype != torch.long or t.shape != (x.shape[0],):
+            raise ValueError(f"t must be int64 of shape [B]=({x.shape[0]},), got {t.dtype} "
+                             f"{tuple(t.shape)}")
+        # the range check needs a device->host sync, so it runs only where it is free (CPU)
+        if t.device.type == "cpu" and len(t) and (t.min() < 0 or t.max() >= self.num_timesteps):
+            raise ValueError(f"timesteps must lie in [0, {self.num_timesteps}), got "
+                             f"[{int(t.min())}, {int(t.max())}]")
+
+    def _check_out(self, out: Tensor, x_t: Tensor) -> None:
+        channels = x_t.shape[1] * (2 if self.var_type == "learned_range" else 1)
+        expected = (x_t.shape[0], channels, *x_t.shape[2:])
+        if tuple(out.shape) != expected:
+            raise ValueError(f"model output has shape {tuple(out.shape)}, expected {expected} "
+                             f"(mean_type={self.mean_type}, var_type={self.var_type})")
+
+    def respace(self, steps: int) -> "GaussianDiffusion":
+        """A `steps`-step diffusion on a subset of this one's timesteps [IDDPM] Sec. 4.
+
+        Keeps `steps` evenly spaced indices including 0 and T−1 and recomputes
+        β'_k = 1 − ᾱ_{t_k}/ᾱ_{t_{k−1}}, so the kept steps have exactly the base ᾱ.
+        """
+        T = self.num_timesteps
+        if not 2 <= steps <= T:
+            raise ValueError(f"steps must be in [2, {T}], got {steps}")
+        kept = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+        alpha_bar = self._alpha_bar64[kept]
+        betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        new = GaussianDiffusion(betas, self.mean_type, self.var_type,
+                                timestep_map=self.timestep_map.cpu()[kept])
+        return new.to(self.betas.device)
+
+    # ---------------------------------------------------------------- forward process
+    def q_sample(self, x_0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """[DDPM] Eq. 4: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+        self._check_t(t, x_0)
+        noise = torch.randn_like(x_0) if noise is None else noise
+        return _at(self.sqrt_alpha_bar, t, x_0) * x_0 + _at(self.sqrt_one_minus_alpha_bar, t, x_0) * noise
+
+    def q_posterior(self, x_0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[DDPM] Eqs. 6-7: mean, variance and clipped log-variance of q(x_{t−1} | x_t, x_0)."""
+        mean = _at(self.coef_x0, t, x_t) * x_0 + _at(self.coef_xt, t, x_t) * x_t
+        return mean, _at(self.posterior_var, t, x_t), _at(self.posterior_log_var, t, x_t)
+
+    def eps_to_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """[DDPM] Eq. 4 solved for x_0: x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
+        return _at(self.sqrt_recip_alpha_bar, t, x_t) * x_t - _at(self.sqrt_recipm1_alpha_bar, t, x_t) * eps
+
+    def x0_to_eps(self, x_t: Tensor, t: Tensor, x_0: Tensor) -> Tensor:
+        """The inverse of eps_to_x0."""
+        return (_at(self.sqrt_recip_alpha_bar, t, x_t) * x_t - x_0) / _at(self.sqrt_recipm1_alpha_bar, t, x_t)
+
+    # ---------------------------------------------------------------- reverse process
+    def p_mean_variance(self, model_out: Tensor, x_t: Tensor, t: Tensor, clip: str = "none") -> dict:
+        """p_θ(x_{t−1} | x_t) from a net output: dict(mean, var, log_var, pred_x0, pred_eps)."""
+        self._check_out(model_out, x_t)
+        if clip not in CLIP_MODES:
+            raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
+        if self.var_type == "learned_range":
+            out, v = model_out.chunk(2, dim=1)
+            # [IDDPM] Eq. 15: log Σ = frac·log β_t + (1 − frac)·log β̃_t with frac = (v + 1)/2.
+            # v is clamped to [−1, 1] so Σ stays between β̃_t and β_t: an unbounded v lets a
+            # small net extrapolate the log-variance and overflow exp() in the KL (NaN).
+            frac = (v.clamp(-1, 1) + 1) / 2
+            log_var = frac * _at(self.log_betas, t, x_t) + (1 - frac) * _at(self.posterior_log_var, t, x_t)
+            var = log_var.exp()
+        else:
+            out = model_out
+            small = self.var_type == "fixed_small"
+            var = _at(self.posterior_var if small else self.large_var, t, x_t).expand_as(x_t)
+            log_var = _at(self.posterior_log_var if small else self.large_log_var, t, x_t).expand_as(x_t)
+
+        pred_x0 = self.eps_to_x0(x_t, t, out) if self.mean_type == "eps" else out
+        if clip == "static":
+            pred_x0 = pred_x0.clamp(-1, 1)
+        elif clip == "dynamic":
+            # [Imagen] Sec. 2.3: per sample, s = the 99.5th percentile of |x_0| (at least 1);
+            # clamp to [−s, s] and divide by s
+            s = torch.quantile(pred_x0.flatten(1).abs().float(), 0.995, dim=1).clamp(min=1)
+            s = s.to(pred_x0.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+            pred_x0 = pred_x0.clamp(-s, s) / s
+        # ε consistent with the (possibly clipped) x_0, as DDIM needs [DDIM] Eq. 12
+        pred_eps = self.x0_to_eps(x_t, t, pred_x0)
+        mean = self.q_posterior(pred_x0, x_t, t)[0]
+        return {"mean": mean, "var": var, "log_var": log_var, "pred_x0": pred_x0, "pred_eps": pred_eps}
+
+    # ---------------------------------------------------------------- losses
+    def vb_term(self, model_out: Tensor, x_0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """[IDDPM] Eqs. 4-6: L_t = KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) in bits per
+        dimension, and L_0 = −log p_θ(x_0|x_1) (discretized, for 8-bit data in [−1, 1]). [B]"""
+        true_mean, _, true_log_var = self.q_posterior(x_0, x_t, t)
+        p = self.p_mean_variance(model_out, x_t, t)
+        kl = _mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_var"]))
+        nll = -_mean_flat(discretized_gaussian_log_likelihood(x_0, p["mean"], p["log_var"]))
+        return torch.where(t == 0, nll, kl) / math.log(2.0)
+
+    def training_losses(self, model, x_0: Tensor, t: Tensor, noise: Tensor | None = None,
+                        **model_kwargs) -> dict:
+        """Per-example losses [B] for one draw of t: dict(loss, mse, vb).
+
+        mse is [DDPM] Eq. 14's L_simple (target ε or x_0 by mean_type). With learned variance
+        the loss is [IDDPM]'s hybrid L_simple + λ·L_vlb, λ = 0.001 and L_vlb = T·E_t[L_t], i.e.
+        per sampled t the vb term weighs T/1000; L_vlb trains only Σ (the mean is detached).
+        """
+        self._check_t(t, x_0)
+        noise = torch.randn_like(x_0) if noise is None else noise
+        x_t = self.q_sample(x_0, t, noise)
+        model_out = model(x_t, self.timestep_map[t], **model_kwargs)
+        self._check_out(model_out, x_t)
+        learned = self.var_type == "learned_range"
+        out = model_out.chunk(2, dim=1)[0] if learned else model_out
+        target = noise if self.mean_type == "eps" else x_0
+        mse = _mean_flat((target - out) ** 2)
+        vb = torch.zeros_like(mse)
+        if learned:
+            # stop-gradient through the mean [IDDPM] Sec. 3.1
+            frozen = torch.cat([out.detach(), model_out.chunk(2, dim=1)[1]], dim=1)
+            vb = self.vb_term(frozen, x_0, x_t, t) * (self.num_timesteps / 1000)
+        return {"loss": mse + vb, "mse": mse, "vb": vb}
+
+    # ---------------------------------------------------------------- samplers
+    @torch.no_grad()
+    def sample(self, model, shape, eta: float | None = None, noise: Tensor | None = None,
+               generator: torch.Generator | None = None, clip: str = "static", progress=None,
+               **model_kwargs) -> Tensor:
+        """Run the reverse process from x_T (given `noise`, or drawn) to x_0.
+
+        eta=None: ancestral sampling [DDPM] Algorithm 2 with this diffusion's variance.
+        eta=float: DDIM [DDIM] Eq. 12 (η = 0 deterministic, η = 1 DDPM-like noise).
+        progress(i, n) is called after each of the n steps.
+        """
+        device = self.betas.device
+        x = _randn(shape, generator, device) if noise is None else noise.to(device)
+        n = self.num_timesteps
+        for i in reversed(range(n)):
+            t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
+            p = self.p_mean_variance(model(x, self.timestep_map[t], **model_kwargs), x, t, clip)
+            z = _randn(x.shape, generator, device) if i > 0 else torch.zeros_like(x)
+            if eta is None:
+                # [DDPM] Algorithm 2 line 4: x_{t−1} = μ_θ + σ_t z, σ_t the standard deviation
+                x = p["mean"] + (0.5 * p["log_var"]).exp() * z
+            else:
+                ab, ab_prev = _at(self.alpha_bar, t, x), _at(self.alpha_bar_prev, t, x)
+                # [DDIM] Eq. 16: σ_t(η) = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1})
+                sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+                # [DDIM] Eq. 12: x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ z
+                x = (ab_prev.sqrt() * p["pred_x0"]
+                     + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * p["pred_eps"] + sigma * z)
+            if progress is not None:
+                progress(n - i, n)
+        return x
+
+    @torch.no_grad()
+    def ddim_invert(self, model, x_0: Tensor, clip: str = "none", progress=None,
+                    **model_kwargs) -> Tensor:
+        """Deterministic DDIM inversion x_0 -> x_T [DDIM] Sec. 4.3: the η = 0 update run
+        forwards, with ε̂ evaluated at the current x (the usual first-order approximation).
+        sample(eta=0, noise=ddim_invert(x_0)) recovers x_0 up to discretisation error."""
+        x = x_0
+        n = self.num_timesteps
+        for i in range(n):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            eps = self.p_mean_variance(model(x, self.timestep_map[t], **model_kwargs), x, t, clip)["pred_eps"]
+            ab, ab_prev = _at(self.alpha_bar, t, x), _at(self.alpha_bar_prev, t, x)
+            x0_hat = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()  # x sits at level ᾱ_{t−1}
+            x = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps
+            if progress is not None:
+                progress(i + 1, n)
+        return x
