@@ -1,0 +1,237 @@
+"""Tests for toy_data.py: renderer, captions, evaluator, metrics, real-data loaders."""
+
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import toy_data as td
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return td.Evaluator()
+
+
+def batch_of(n, sizes, seed=1, **kw):
+    ds = td.Shapes(n, sizes, seed=seed, **kw)
+    return td.shapes_collate([ds[i] for i in range(n)])
+
+
+def test_views_agree_across_resolutions():
+    b = batch_of(64, (32, 64, 128))
+    x32, x64, x128 = (b["images"][s] for s in (32, 64, 128))
+    assert x32.shape == (64, 3, 32, 32) and x128.shape == (64, 3, 128, 128)
+    assert x128.min() >= -1 and x128.max() <= 1
+    # each view is the 2x2 (4x4) area average of the larger one, up to uint8 rounding
+    step = 2 / 255
+    assert (F.avg_pool2d(x64, 2) - x32).abs().max() <= 1.01 * step
+    assert (F.avg_pool2d(x128, 4) - x32).abs().max() <= 2.01 * step
+    # antialiased: edge pixels are mixtures, not just object and background colours
+    assert len(torch.unique(x32[0].reshape(3, -1), dim=1).T) > 6
+    # asking for fewer sizes gives the same pixels; items are pure functions of (seed, i)
+    assert torch.equal(td.Shapes(64, (32,), seed=1)[5]["images"][32], x32[5])
+    assert not torch.equal(td.Shapes(64, (32,), seed=2)[5]["images"][32], x32[5])
+
+
+def test_holdout_respected():
+    held = {("purple", "triangle"), ("red", "circle")}
+    single = batch_of(400, (32,), holdout=held)["attrs"]
+    pairs = {(a["colour"], a["shape"]) for a in single}
+    assert not pairs & held and len(pairs) == 24 - len(held)  # all the others still appear
+    double = batch_of(100, (32,), holdout=held, two_objects=True)["attrs"]
+    for a in double:
+        assert (a["left_colour"], a["left_shape"]) not in held
+        assert (a["right_colour"], a["right_shape"]) not in held
+        assert a["left_colour"] != a["right_colour"] and a["left_shape"] != a["right_shape"]
+    with pytest.raises(ValueError, match="not .colour, shape. pairs"):
+        td.Shapes(10, holdout=[("pink", "circle")])
+
+
+@pytest.mark.parametrize("two_objects", [False, True])
+def test_caption_names_what_it_claims(two_objects):
+    b = batch_of(500, (32,), two_objects=two_objects)
+    seen = {}
+    for caption, named, attrs in zip(b["caption"], b["named"], b["attrs"], strict=True):
+        assert td.parse_caption(caption) == named, caption
+        assert all(attrs[k] == v for k, v in named.items()), (caption, attrs)
+        for k in attrs:
+            seen.setdefault(k, set()).add(k in named)
+    always = {"left_colour", "left_shape", "right_colour", "right_shape"} if two_objects \
+        else {"colour", "shape"}
+    for k, states in seen.items():  # colour, shape always named; the rest only sometimes
+        want = {True} if k in always else {False} if k.endswith("_size") else {True, False}
+        assert states == want, k
+    assert len(set(b["caption"])) > 150  # some wording variety
+    assert td.parse_caption("A photo of an  orange cross on the right") == {
+        "colour": "orange", "shape": "cross", "position": "right"}
+    with pytest.raises(ValueError, match="cannot parse"):
+        td.parse_caption("a red dog in the top left")
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_evaluator_reads_fresh_and_degraded_renders(evaluator, size):
+    b = batch_of(300, (size,), seed=size)
+    g = torch.Generator().manual_seed(size)
+    for x in (b["images"][size], td.degrade(b["images"][size], blur=0.7, noise=0.1,
+                                            generator=g)):
+        acc = td.attribute_accuracy(evaluator.read(x), b["attrs"])
+        assert set(acc) == set(td.ATTRIBUTES) | {"all"}
+        assert all(v["acc"] >= 0.99 and v["n"] == 300 for v in acc.values()), acc
+
+
+def test_evaluator_two_objects_and_pil(evaluator):
+    b = batch_of(200, (64,), two_objects=True)
+    x = td.degrade(b["images"][64], blur=0.7, noise=0.1, generator=torch.Generator())
+    acc = td.attribute_accuracy(evaluator.read_pair(x), b["attrs"])
+    assert all(v["acc"] >= 0.99 for v in acc.values()), acc
+    # a list of PIL images (any size >= 32) reads the same as the tensor
+    one = batch_of(20, (128,))
+    pil = [Image.fromarray(((im + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+           for im in one["images"][128]]
+    assert evaluator.read(pil) == evaluator.read(one["images"][128]) == one["attrs"]
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        evaluator.read(one["images"][128] * 127.5 + 127.5)
+    with pytest.raises(ValueError, match=">= 32"):
+        evaluator.read(torch.zeros(2, 3, 16, 16))
+
+
+def test_attribute_accuracy_scores_only_named():
+    reads = [{"colour": "red", "shape": "circle", "size": "small"},
+             {"colour": "blue", "shape": "square", "size": "large"}]
+    named = [{"colour": "red", "shape": "square"}, {"colour": "blue", "size": "large"}]
+    acc = td.attribute_accuracy(reads, named)
+    assert acc == {"colour": {"acc": 1.0, "n": 2}, "shape": {"acc": 0.0, "n": 1},
+                   "size": {"acc": 1.0, "n": 1}, "all": {"acc": 0.5, "n": 2}}
+    with pytest.raises(ValueError, match="read_pair"):
+        td.attribute_accuracy(reads[:1], [{"left_colour": "red"}])
+
+
+def exact_gaussian_sample(mean, cov, n, seed):
+    """n points whose empirical mean and (unbiased) covariance are exactly mean and cov."""
+    z = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T  # whiten exactly
+    return z @ torch.linalg.cholesky(cov).T + mean
+
+
+def test_frechet_distance_closed_forms():
+    # 2-D, non-commuting covariances: tr sqrt(A) = sqrt(tr A + 2 sqrt(det A)) for 2x2 PSD A,
+    # with A = S1^1/2 S2 S1^1/2: tr A = tr(S1 S2), det A = det S1 det S2
+    m1, m2 = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 0.0],
+                                                                          dtype=torch.float64)
+    s1 = torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    s2 = torch.tensor([[0.5, -0.3], [-0.3, 1.5]], dtype=torch.float64)
+    tr_root = math.sqrt((s1 @ s2).trace() + 2 * math.sqrt(s1.det() * s2.det()))
+    want = ((m1 - m2) ** 2).sum() + s1.trace() + s2.trace() - 2 * tr_root
+    x, y = exact_gaussian_sample(m1, s1, 50, 0), exact_gaussian_sample(m2, s2, 70, 1)
+    assert td.frechet_distance(x, y) == pytest.approx(want.item(), rel=1e-9)
+    assert td.frechet_distance(y.float(), x.float()) == pytest.approx(want.item(), rel=1e-5)
+    # 16-D, same eigenvectors: sum (sqrt a - sqrt b)^2, after a shared random rotation
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(2),
+                                       dtype=torch.float64))
+    a, b = torch.linspace(0.1, 3, 16, dtype=torch.float64), torch.linspace(2, 0.5, 16,
+                                                                           dtype=torch.float64)
+    x = exact_gaussian_sample(torch.zeros(16), q @ torch.diag(a) @ q.T, 100, 3)
+    y = exact_gaussian_sample(torch.ones(16), q @ torch.diag(b) @ q.T, 100, 4)
+    want = 16 + ((a.sqrt() - b.sqrt()) ** 2).sum().item()
+    assert td.frechet_distance(x, y) == pytest.approx(want, rel=1e-9)
+    assert abs(td.frechet_distance(x, x)) < 1e-9
+
+
+def test_clip_score():
+    z_i = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]) / torch.tensor([[1.0], [math.sqrt(2)]])
+    assert td.clip_score(z_i, z_t) == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+
+
+def test_save_grid(tmp_path):
+    b = batch_of(10, (32,))
+    path = td.save_grid(b["images"][32], b["caption"], tmp_path / "g" / "grid.png", ncol=4)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]  # no temp file left
+    sheet = np.array(Image.open(path))
+    assert sheet.shape[1] == 4 + 4 * (128 + 4) and sheet.shape[0] > 3 * 128
+    tile = sheet[4:132, 4:132]  # first image, enlarged 4x by nearest neighbour
+    assert (tile[::4, ::4] == tile[3::4, 3::4]).all()
+    first = ((b["images"][32][0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert (tile[::4, ::4] == first).all()
+    assert (sheet[135:, :132] < 128).any()  # caption text under it
+
+
+def write_cifar(root, n=6):
+    """CIFAR-10's python format: pickled dicts, data uint8 [N, 3072] (R, G, B planes), labels."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
+             b"ship", b"truck"]
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    batches = {}
+    for k, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        batches[name] = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": [(k + j) % 10 for j in range(n)], b"batch_label": b"x"}
+        data = pickle.dumps(batches[name], protocol=2)
+        if name == "data_batch_1":  # as in the original files, written with numpy 1.x
+            data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        (root / name).write_bytes(data)
+    return batches
+
+
+def test_cifar_loader(tmp_path):
+    batches = write_cifar(tmp_path / "cifar")
+    train = td.CIFAR10Captions(tmp_path / "cifar")
+    test = td.CIFAR10Captions(tmp_path / "cifar", train=False)
+    assert len(train) == 30 and len(test) == 6
+    raw = batches["data_batch_2"][b"data"][1]  # item 7 = second batch, item 1 (label 2, bird)
+    assert torch.equal(train[7]["images"][32], torch.from_numpy(raw.reshape(3, 32, 32)) / 127.5 - 1)
+    assert train[7]["label"] == 2 and train[7]["caption"] == "a picture of a bird"  # template 7 % 4
+    assert train[0]["caption"] == "a photo of an airplane"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        td.CIFAR10Captions(tmp_path / "nowhere")
+    (tmp_path / "cifar" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        td.CIFAR10Captions(tmp_path / "cifar")
+    with open(tmp_path / "cifar" / "test_batch", "wb") as f:  # a pickle that would run code
+        pickle.dump({b"data": print}, f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        td.CIFAR10Captions(tmp_path / "cifar", train=False)
+
+
+def test_image_folder_loader(tmp_path):
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))  # fully transparent -> white
+    images = {"a.png": rgba, "b.jpg": Image.new("RGB", (64, 48), (0, 0, 255)),
+              "sub/c.gif": Image.new("P", (33, 33)), "d.png": Image.new("L", (50, 50), 0)}
+    for name, im in images.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        im.save(tmp_path / name)
+        (tmp_path / name).with_suffix(".txt").write_text(f"caption of\n{name}\n")
+    (tmp_path / "d.txt").unlink()  # no caption
+    (tmp_path / "e.png").write_bytes(b"not an image")
+    (tmp_path / "e.txt").write_text("broken")
+    with pytest.warns(UserWarning, match="'no caption': 1.*'unreadable': 1"):
+        ds = td.ImageFolderCaptions(tmp_path, size=(32, 64))
+    assert len(ds) == 3 and [p.name for p in ds.skipped["unreadable"]] == ["e.png"]
+    item = ds[0]
+    assert item["caption"] == "caption of a.png"
+    assert item["images"][32].shape == (3, 32, 32) and item["images"][64].shape == (3, 64, 64)
+    assert torch.allclose(item["images"][32], torch.ones(3, 32, 32))
+    assert torch.allclose(ds[1]["images"][32][2], torch.ones(32, 32), atol=0.02)  # blue jpg
+    with pytest.raises(FileNotFoundError):
+        td.ImageFolderCaptions(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="no usable"):
+        warnings.simplefilter("ignore")
+        td.ImageFolderCaptions(tmp_path / "empty")
+
+
+def test_dataloader_collates():
+    loader = torch.utils.data.DataLoader(td.Shapes(10, (32, 64)), batch_size=4,
+                                         collate_fn=td.shapes_collate)
+    b = next(iter(loader))
+    assert b["images"][64].shape == (4, 3, 64, 64) and len(b["caption"]) == 4
+    assert isinstance(b["named"][0], dict) and set(b["attrs"][0]) == set(td.ATTRIBUTES)
