@@ -1,0 +1,449 @@
+"""decoder.py -- the unCLIP decoder P(x | z_i, y): a GLIDE-style diffusion U-Net that turns a CLIP
+image embedding (and optionally the caption) back into an image [unCLIP] Sec. 2.1.
+
+Symbols (names in the code -> paper)
+    x_0       clean image [B, C, H, W] in [-1, 1]       x_t   the image after t+1 noising steps
+    t         int64 timestep [B] in [0, T); 0 means one step of noise (as in diffusion.py)
+    z_i       CLIP image embedding [B, D], unit norm    D = cfg.clip_dim
+    y         the caption: token ids [B, L] and a bool mask [B, L] (True = real token, padding last)
+    emb       per-sample conditioning vector [B, E], E = 4 * cfg.channels: timestep + z_i + caption
+    context   tokens every attention layer also attends to [B, K, W]: caption states + 4 z_i tokens
+    keep_*    bool [B]; False drops that condition. Training dropout and the unconditional half of
+              classifier-free guidance [CFG] are the same code path.
+    eps       the predicted noise: output channels [:C]; channels [C:] are the variance
+              interpolation v in [-1, 1] of [IDDPM] Eq. 15 (learned-range variance)
+
+ADM is the U-Net of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs"), which [GLIDE] and
+[unCLIP] build on. The same UNet with clip_dim=0, text_layers=0 and attention_resolutions=() is
+the conv-only network of the upsamplers (upsample.py); in_channels may then differ from
+out_channels.
+"""
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from diffusion import GaussianDiffusion, cosine_betas, guide
+
+
+@dataclass
+class UNetConfig:
+    image_size: int = 32  # training resolution; attention_resolutions are pixel sizes at it
+    in_channels: int = 3  # x_t; an upsampler concatenates the upsampled low-res image -> 6
+    out_channels: int = 6  # 2 x 3: eps and the learned-range variance v [IDDPM] Sec. 3.1
+    # Base width (paper: 512). A training image costs 2.4 GFLOP at 32 and 9.3 at 64 (forward +
+    # backward); 32 is what a 2-core CPU trains on Shapes in about ten minutes.
+    channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level: 32x32, 16x16, 8x8 for the toy
+    # ResBlocks per level going down (one more going up, as in ADM); 1 is 1.5x cheaper
+    num_res_blocks: int = 2
+    # Attention at 16x16 and 8x8 only: full 32x32 attention (1024 tokens) dominates a CPU step.
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    head_channels: int = 32  # channels per attention head (the paper: 64 at width 512)
+    dropout: float = 0.0  # paper: 0.1; a 10-minute CPU run is far from overfitting, so off
+    clip_dim: int = 0  # D of z_i; 0 = no image-embedding conditioning (upsamplers)
+    clip_tokens: int = 4  # [unCLIP] Sec. 2.1: z_i becomes 4 extra context tokens
+    text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
+    text_width: int = 64  # width of caption states and of every context token
+    text_heads: int = 4  # attention heads in the caption Transformer
+    vocab_size: int = 259  # token ids of the CLIP tokenizer: set from FrozenCLIP.vocab_size
+    context_length: int = 80  # longest caption in tokens: set from FrozenCLIP.context_length
+
+    def __post_init__(self):
+        # a checkpoint or a command line hands tuples back as lists
+        self.channel_mults = tuple(self.channel_mults)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
+            raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
+        if self.text_layers and self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} must be a multiple of text_heads "
+                             f"{self.text_heads}")
+
+
+@dataclass
+class DecoderConfig(UNetConfig):
+    clip_dim: int = 64  # the toy CLIP's embedding width: set from FrozenCLIP.embed_dim
+    text_layers: int = 2  # a small caption encoder, trained with the decoder as in GLIDE
+    timesteps: int = 1000  # T of the cosine schedule [IDDPM] Sec. 3.2, as in [unCLIP] Table 3
+    p_drop_image: float = 0.1  # [unCLIP] Sec. 2.1: z_i replaced by a learned null 10% of the time
+    p_drop_text: float = 0.5  # [unCLIP] Sec. 2.1: the caption dropped 50% of the time
+
+
+def group_norm(ch: int) -> nn.GroupNorm:
+    # ADM uses 32 groups; gcd keeps tiny test widths legal.
+    return nn.GroupNorm(math.gcd(32, ch), ch)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    # Residual branches and the output start at zero, so the untrained net is the identity / eps=0.
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps [B] -> [B, dim] ([DDPM] Appendix B)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]  # [B, dim/2]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class ResBlock(nn.Module):
+    """[IDDPM]/ADM residual block with timestep scale-shift ("adaptive group norm"):
+    h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale) + shift; h = conv(dropout(SiLU(h))); x + h."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * c_out)  # -> scale and shift
+        self.norm2, self.dropout = group_norm(c_out), nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, c_out, H, W]
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head attention of the H*W spatial tokens over themselves plus the context tokens,
+    each context token projected to its own key and value (GLIDE's encoder_kv)."""
+
+    def __init__(self, ch: int, head_channels: int, context_width: int):
+        super().__init__()
+        if ch % head_channels:
+            raise ValueError(f"attention width {ch} is not a multiple of head_channels "
+                             f"{head_channels}; change channels or head_channels")
+        self.heads = ch // head_channels
+        self.norm = group_norm(ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.context_kv = nn.Linear(context_width, 2 * ch) if context_width else None
+        self.proj = zero_init(nn.Linear(ch, ch))
+
+    def forward(self, x, context=None, context_mask=None):
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)  # each [B, HW, C]
+        attn_mask = None
+        if context is not None:
+            ck, cv = self.context_kv(context).chunk(2, dim=-1)  # each [B, K, C]
+            k, v = torch.cat([k, ck], dim=1), torch.cat([v, cv], dim=1)  # [B, HW+K, C]
+            spatial = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
+            attn_mask = torch.cat([spatial, context_mask], dim=1)[:, None, None, :]  # [B,1,1,HW+K]
+        q, k, v = (a.reshape(B, a.shape[1], self.heads, -1).transpose(1, 2) for a in (q, k, v))
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, HW, hs]
+        h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))  # [B, HW, C]
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class TextBlock(nn.Module):
+    """Pre-LayerNorm Transformer block with a causal mask (the caption encoder's layer)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, W = x.shape
+        q, k, v = (a.reshape(B, L, self.heads, -1).transpose(1, 2)
+                   for a in self.qkv(self.ln_1(x)).chunk(3, dim=-1))  # each [B, nh, L, hs]
+        # Causal: padding sits after the end token, so real tokens never see it and no row of
+        # the mask is empty (a key-padding mask would give NaN rows for an all-padding caption).
+        h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(h.transpose(1, 2).reshape(B, L, W))
+        return x + self.mlp(self.ln_2(x))
+
+
+class CaptionEncoder(nn.Module):
+    """[GLIDE] Sec. 4's text Transformer: token ids -> states [B, L, W] (context tokens for the
+    attention layers) and the final (end) token's projection [B, E], added to the timestep
+    embedding in place of ADM's class embedding."""
+
+    def __init__(self, cfg: UNetConfig, emb_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length,
+                                                                     cfg.text_width))
+        self.blocks = nn.ModuleList(TextBlock(cfg.text_width, cfg.text_heads)
+                                    for _ in range(cfg.text_layers))
+        self.ln_final = nn.LayerNorm(cfg.text_width)
+        self.to_emb = nn.Linear(cfg.text_width, emb_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor):
+        B, L = tokens.shape
+        x = self.token_embedding(tokens) + self.positional_embedding[:L]  # [B, L, W]
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        last = (mask.sum(1) - 1).clamp(min=0)  # index of the end token, [B]
+        return x, self.to_emb(x[torch.arange(B, device=x.device), last])  # [B,L,W], [B,E]
+
+    def check(self, tokens, mask, keep):
+        cfg = self.cfg
+        bad_shape = tokens.dim() != 2 or mask is None or mask.shape != tokens.shape
+        if bad_shape or mask.dtype != torch.bool:
+            raise ValueError("tokens must be int64 [B, L] with a bool mask of the same shape "
+                             "(use FrozenCLIP.tokenize)")
+        if tokens.shape[1] > cfg.context_length:
+            raise ValueError(f"caption has {tokens.shape[1]} tokens but context_length is "
+                             f"{cfg.context_length}; shorten it or raise context_length")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); set vocab_size "
+                             "from the tokenizer that produced them")
+        if (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError("mask must be True for a prefix of each row (padding at the end)")
+        if (keep & ~mask.any(1)).any():
+            raise ValueError("a kept caption has no tokens; drop it with keep_text=False")
+
+
+class UNet(nn.Module):
+    """ADM/GLIDE U-Net: forward(x_t [B, in, H, W], t [B], z_i, tokens, mask, keep_image,
+    keep_text) -> [B, out, H, W]. Every conditioning argument is optional."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, E, W = cfg.channels, 4 * cfg.channels, cfg.text_width
+        self.time_embed = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
+        context_width = W if (cfg.clip_dim or cfg.text_layers) else 0
+        if cfg.clip_dim:
+            # [unCLIP] Sec. 2.1: z_i is projected and added to the timestep embedding, and
+            # projected into clip_tokens context tokens. Always a Linear, never an identity,
+            # whatever the widths; the learned null embedding stands in for a dropped z_i.
+            self.image_to_emb = nn.Linear(cfg.clip_dim, E)
+            self.image_to_tokens = nn.Linear(cfg.clip_dim, cfg.clip_tokens * W)
+            self.null_image_embed = nn.Parameter(torch.randn(cfg.clip_dim) / cfg.clip_dim**0.5)
+        self.text = CaptionEncoder(cfg, E) if cfg.text_layers else None
+
+        levels = len(cfg.channel_mults)
+        self.factor = 2 ** (levels - 1)  # H and W must be multiples of it
+
+        def layer(c_in, c_out, res):
+            mods = [ResBlock(c_in, c_out, E, cfg.dropout)]
+            if res in cfg.attention_resolutions:
+                mods.append(AttentionBlock(c_out, cfg.head_channels, context_width))
+            return mods
+
+        self.input_conv = nn.Conv2d(cfg.in_channels, C, 3, padding=1)
+        self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size
+        for level, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(nn.ModuleList(layer(ch, mult * C, res)))
+                ch = mult * C
+                skips.append(ch)
+            if level < levels - 1:  # downsample by a stride-2 conv
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skips.append(ch)
+                res //= 2
+        self.middle = nn.ModuleList(layer(ch, ch, res) + [ResBlock(ch, ch, E, cfg.dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for i in range(cfg.num_res_blocks + 1):  # each consumes one skip connection
+                mods = layer(ch + skips.pop(), mult * C, res)
+                ch = mult * C
+                if level and i == cfg.num_res_blocks:  # nearest-neighbour upsample, then conv
+                    mods += [nn.Upsample(scale_factor=2.0), nn.Conv2d(ch, ch, 3, padding=1)]
+                    res *= 2
+                self.up.append(nn.ModuleList(mods))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(),
+                                 zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+
+    def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
+        """-> emb [B, E] and (context [B, K, W], context_mask [B, K]) or (None, None)."""
+        cfg, B = self.cfg, t.shape[0]
+        emb = self.time_embed(timestep_embedding(t, cfg.channels))  # [B, E]
+        ones = torch.ones(B, dtype=torch.bool, device=t.device)
+        for name, keep in (("keep_image", keep_image), ("keep_text", keep_text)):
+            if keep is not None and (keep.dtype != torch.bool or keep.shape != (B,)):
+                raise ValueError(f"{name} must be a bool tensor [B={B}] (False drops it)")
+        context, context_mask = [], []
+        if tokens is not None:
+            if self.text is None:
+                raise ValueError("tokens given, but this UNet has no caption encoder "
+                                 "(text_layers=0); pass tokens=None")
+            keep = ones if keep_text is None else keep_text
+            self.text.check(tokens, mask, keep)
+            states, pooled = self.text(tokens, mask)  # [B, L, W], [B, E]
+            emb = emb + torch.where(keep[:, None], pooled, torch.zeros_like(pooled))
+            context.append(states)
+            context_mask.append(mask & keep[:, None])  # a dropped caption is invisible
+        if cfg.clip_dim:
+            keep = ones if keep_image is None else keep_image
+            null = self.null_image_embed.expand(B, -1)
+            if z_i is None:  # caption-only: the null embedding for every sample
+                z_i, keep = null, ~ones
+            elif z_i.shape != (B, cfg.clip_dim):
+                raise ValueError(f"z_i must be [B, {cfg.clip_dim}], got {tuple(z_i.shape)}")
+            z = torch.where(keep[:, None], z_i, null)  # [B, D]
+            emb = emb + self.image_to_emb(z)
+            context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
+            context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
+        elif z_i is not None:
+            raise ValueError("z_i given, but this UNet has clip_dim=0; pass z_i=None")
+        if not context:
+            return emb, None, None
+        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1)
+
+    def forward(self, x_t, t, z_i=None, tokens=None, mask=None, keep_image=None, keep_text=None):
+        cfg = self.cfg
+        if x_t.dim() != 4 or x_t.shape[1] != cfg.in_channels:
+            raise ValueError(f"x_t must be [B, {cfg.in_channels}, H, W], got {tuple(x_t.shape)}")
+        if x_t.shape[2] % self.factor or x_t.shape[3] % self.factor:
+            raise ValueError(f"H and W must be multiples of {self.factor} for "
+                             f"{len(cfg.channel_mults)} levels, got {tuple(x_t.shape[2:])}")
+        if t.shape != (x_t.shape[0],):
+            raise ValueError(f"t must be int64 [B={x_t.shape[0]}], got {tuple(t.shape)}")
+        emb, context, context_mask = self.condition(t, z_i, tokens, mask, keep_image, keep_text)
+
+        def run(mods, h):
+            for m in mods:
+                if isinstance(m, ResBlock):
+                    h = m(h, emb)
+                elif isinstance(m, AttentionBlock):
+                    h = m(h, context, context_mask)
+                else:
+                    h = m(h)
+            return h
+
+        h = self.input_conv(x_t)  # [B, C, H, W]
+        hs = [h]
+        for mods in self.down:
+            h = run(mods, h)
+            hs.append(h)
+        h = run(self.middle, h)  # [B, ch, H/factor, W/factor]
+        for mods in self.up:
+            h = run(mods, torch.cat([h, hs.pop()], dim=1))
+        return self.out(h)  # [B, out_channels, H, W]
+
+
+class Decoder(nn.Module):
+    """P(x_0 | z_i, y) [unCLIP] Sec. 2.1: the UNet trained as an eps-predicting diffusion with
+    learned-range variance (the [IDDPM] hybrid loss) on a cosine schedule of T steps."""
+
+    def __init__(self, cfg: DecoderConfig | None = None):
+        super().__init__()
+        cfg = self.cfg = cfg if cfg is not None else DecoderConfig()
+        if cfg.out_channels != 2 * cfg.in_channels:
+            raise ValueError(f"the decoder learns its variance, so out_channels must be "
+                             f"2 * in_channels = {2 * cfg.in_channels}, got {cfg.out_channels}")
+        if not (0 <= cfg.p_drop_image <= 1 and 0 <= cfg.p_drop_text <= 1):
+            raise ValueError("p_drop_image and p_drop_text are probabilities in [0, 1]")
+        self.net = UNet(cfg)
+        self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), mean_type="eps",
+                                           var_type="learned_range")
+
+    def _check_images(self, x: torch.Tensor, name: str) -> None:
+        cfg = self.cfg
+        if x.dim() != 4 or tuple(x.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"{name} must be [B, {cfg.in_channels}, {cfg.image_size}, "
+                             f"{cfg.image_size}] in [-1, 1], got {tuple(x.shape)}; resize the "
+                             "images or set image_size")
+
+    def loss_terms(self, x_0, z_i, tokens, mask, generator=None) -> dict:
+        """Batch means of the hybrid loss and its parts: dict(loss, mse, vb), scalars.
+
+        x_0 [B, C, S, S] in [-1, 1]; z_i [B, D] or None; tokens, mask [B, L] or None.
+        t, the noise and both dropout masks are drawn from `generator` (if given)."""
+        self._check_images(x_0, "x_0")
+        cfg, B, device = self.cfg, x_0.shape[0], x_0.device
+        gen_device = generator.device if generator is not None else device
+        rand = lambda: torch.rand(B, generator=generator, device=gen_device).to(device)
+        # t ~ Uniform{0, ..., T-1}: one term of L_vlb = T * E_t[L_t] per sample [IDDPM] Sec. 3.1
+        t = torch.randint(0, cfg.timesteps, (B,), generator=generator, device=gen_device)
+        noise = torch.randn(x_0.shape, generator=generator, device=gen_device).to(device)
+        # [unCLIP] Sec. 2.1: drop z_i with p_drop_image and the caption with p_drop_text,
+        # independently; the net replaces a dropped z_i by its learned null embedding.
+        keep_image, keep_text = rand() >= cfg.p_drop_image, rand() >= cfg.p_drop_text
+        terms = self.diffusion.training_losses(
+            self.net, x_0, t.to(device), noise=noise, z_i=z_i, tokens=tokens, mask=mask,
+            keep_image=keep_image, keep_text=keep_text)
+        return {name: value.mean() for name, value in terms.items()}
+
+    def loss(self, x_0, z_i, tokens, mask, generator=None) -> torch.Tensor:
+        """Scalar mean hybrid loss for a training batch (see loss_terms)."""
+        return self.loss_terms(x_0, z_i, tokens, mask, generator)["loss"]
+
+    def _model_fn(self, z_i, tokens, mask, guidance_scale: float):
+        """model(x_t, t) for the samplers; with guidance, one forward on [cond; uncond]."""
+        if guidance_scale == 1.0:  # [CFG] Eq. 6 with s = 1 is the conditional model
+            return lambda x_t, t: self.net(x_t, t, z_i=z_i, tokens=tokens, mask=mask)
+        both = lambda a: None if a is None else torch.cat([a, a])
+        z2, tokens2, mask2 = both(z_i), both(tokens), both(mask)
+
+        def guided(x_t, t):
+            B = x_t.shape[0]
+            # first half conditional, second half with z_i and the caption both dropped
+            keep = torch.arange(2 * B, device=x_t.device) < B
+            out = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), z_i=z2, tokens=tokens2,
+                           mask=mask2, keep_image=keep, keep_text=keep)  # [2B, 2C, S, S]
+            # [CFG] Eq. 6, [GLIDE] Sec. 2.3: eps_u + s (eps_c - eps_u), variance not guided
+            return guide(*out.chunk(2), guidance_scale, learned_var=True)
+        return guided
+
+    def _batch_size(self, z_i, tokens, noise) -> int:
+        for a in (z_i, tokens, noise):
+            if a is not None:
+                return a.shape[0]
+        raise ValueError("give z_i, tokens or noise: the batch size comes from one of them")
+
+    @torch.no_grad()
+    def sample(self, z_i, tokens, mask, steps: int = 50, guidance_scale: float = 3.0,
+               eta: float | None = None, noise=None, generator=None, progress=None):
+        """Images [B, C, S, S] in [-1, 1] from z_i [B, D] and/or a caption (tokens, mask [B, L]).
+
+        steps: respaced sampling [IDDPM] Sec. 4 (the paper uses 250). eta=None is ancestral
+        sampling with the learned variance, eta=float DDIM [DDIM] Eq. 12. noise: x_T.
+        Call .eval() first if the config has dropout."""
+        cfg = self.cfg
+        shape = (self._batch_size(z_i, tokens, noise), cfg.in_channels, cfg.image_size,
+                 cfg.image_size)
+        model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
+        return self.diffusion.respace(steps).sample(model_fn, shape, eta=eta, noise=noise,
+                                                    generator=generator, clip="static",
+                                                    progress=progress)
+
+    @torch.no_grad()
+    def invert(self, x_0, z_i, tokens, mask, steps: int = 50, guidance_scale: float = 1.0):
+        """x_T [B, C, S, S] from images by deterministic DDIM inversion [DDIM] Sec. 4.3, used
+        for variations and interpolations [unCLIP] Sec. 3; sample(eta=0.0, noise=x_T) with
+        the same steps and guidance_scale reconstructs x_0."""
+        self._check_images(x_0, "x_0")
+        model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
+        return self.diffusion.respace(steps).ddim_invert(model_fn, x_0)
+
+    def save(self, path: str) -> None:
+        """{"config", "state_dict"}, written to a temporary file and renamed, so a crash never
+        leaves a half-written checkpoint in place of a good one."""
+        torch.save({"config": asdict(self.cfg), "state_dict": self.state_dict()}, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "Decoder":
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        known = {f.name for f in fields(DecoderConfig)}
+        if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+            raise ValueError(f"{path} is not a decoder checkpoint (no config/state_dict)")
+        if set(ckpt["config"]) - known:
+            raise ValueError(f"{path}: config fields {sorted(set(ckpt['config']) - known)} are not "
+                             "DecoderConfig fields; is it a checkpoint of another model?")
+        model = cls(DecoderConfig(**ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(f"{path}: the state_dict does not fit the DecoderConfig stored with "
+                             f"it (a checkpoint of another config?): {e}") from e
+        # the parameters are built on the CPU; follow map_location when it names a device
+        return model.to(map_location) if isinstance(map_location, str | torch.device) else model
