@@ -88,8 +88,14 @@ def _mean_flat(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
 
 
-def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
-    # drawn on the generator's device, so one seed gives one result whatever the model's device
+def _randn(shape, generator, device) -> Tensor:
+    """Standard normal noise drawn on the generator's device (so one seed gives one result
+    whatever the model's device). A list of generators draws row b from generator[b]: each
+    example's noise then depends only on its own seed, and batching changes nothing."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([_randn((1, *shape[1:]), g, device) for g in generator])
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
@@ -272,12 +278,13 @@ class GaussianDiffusion(nn.Module):
     # ---------------------------------------------------------------- samplers
     @torch.no_grad()
     def sample(self, model, shape, eta: float | None = None, noise: Tensor | None = None,
-               generator: torch.Generator | None = None, clip: str = "static", progress=None,
+               generator=None, clip: str = "static", progress=None,
                **model_kwargs) -> Tensor:
         """Run the reverse process from x_T (given `noise`, or drawn) to x_0.
 
         eta=None: ancestral sampling [DDPM] Algorithm 2 with this diffusion's variance.
         eta=float: DDIM [DDIM] Eq. 12 (η = 0 deterministic, η = 1 DDPM-like noise).
+        generator: a torch.Generator, or a list of one per example (see _randn).
         progress(i, n) is called after each of the n steps.
         """
         device = self.betas.device

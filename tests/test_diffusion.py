@@ -252,3 +252,15 @@ def test_trained_toy_model_samples_the_mixture():
                                        generator=torch.Generator().manual_seed(6)))
         check(diff.respace(50).sample(net, (2000, 2), eta=0.0,
                                       generator=torch.Generator().manual_seed(7)))
+
+
+def test_per_example_generators_make_batching_irrelevant():
+    base = GaussianDiffusion(cosine_betas(1000), var_type="fixed_small")
+    d, model = base.respace(10), gaussian_eps_model(base, mu=0.0, s=0.5)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    both = d.sample(model, (2, 3), generator=gens([4, 5]), clip="none")
+    alone = d.sample(model, (1, 3), generator=gens([5]), clip="none")
+    assert torch.equal(both[1:], alone)
+    assert not torch.allclose(both[0], both[1])
+    with pytest.raises(ValueError, match="generators"):
+        d.sample(model, (3, 3), generator=gens([1, 2]))

@@ -1,0 +1,524 @@
+"""CLIP [CLIP]: a small one that trains on toy captions, freezes, and loads OpenAI's ViT weights.
+
+unCLIP stands on a frozen CLIP ([unCLIP] Sec. 2): the caption's embedding z_t and its token
+states feed the prior and the decoder; the image embedding z_i is the prior's target and the
+decoder's condition. This file imports only torch, numpy, PIL and the standard library.
+
+Symbols
+    x          images [B, 3, H, W] in [-1, 1] (the project's convention)
+    y          a caption (str) -> tokens [B, L] int64 and mask [B, L] bool (True = real token)
+    z_i, z_t   unit-norm image / text embeddings [B, D], D = embed_dim
+    states     final text token states [B, L, W] after ln_final, W = transformer_width
+    tau        learned temperature; logit_scale = log(1/tau), logits = exp(logit_scale) z_i z_t^T
+Module and parameter names equal the keys of OpenAI's released state_dicts (`visual.conv1.weight`,
+`transformer.resblocks.0.attn.in_proj_weight`, ...), so real weights load with strict=True.
+"""
+import gzip
+import html
+import math
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+# OpenAI's published preprocessing statistics (RGB, images scaled to [0, 1]).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 64  # D: joint space; the prior diffuses z_i, so keep it small for the toy
+    image_resolution: int = 32  # the decoder's base resolution (Shapes at 32x32)
+    vision_layers: int = 4  # depth enough to bind colour, shape, size and position
+    vision_width: int = 128  # heads = width // 64 as in OpenAI's build (at least 1)
+    vision_patch_size: int = 4  # 8x8 patches: small shapes span a few patches, 3x3 grid resolvable
+    context_length: int = 80  # L: start + up to 78 caption bytes + end; Shapes captions are < 70
+    vocab_size: int = 259  # byte tokenizer: pad 0, bytes 1..256, start 257, end 258
+    transformer_width: int = 128  # W: text width, also the width of the states the decoder reads
+    transformer_layers: int = 3  # toy captions come from a small grammar; 3 layers suffice
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Self-attention with nn.MultiheadAttention's parameter names (in_proj_*, out_proj), so
+    OpenAI checkpoints load; computed batch-first with F.scaled_dot_product_attention."""
+
+    def __init__(self, width: int, heads: int, causal: bool):
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # q, k, v stacked
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x):  # x: (B, N, W)
+        B, N, W = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = [t.view(B, N, self.heads, W // self.heads).transpose(1, 2) for t in (q, k, v)]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, N, hs)
+        return self.out_proj(y.transpose(1, 2).reshape(B, N, W))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN Transformer block [CLIP] Sec. 2.4: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, causal: bool):
+        super().__init__()
+        self.attn = Attention(width, heads, causal)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(
+            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(), c_proj=nn.Linear(4 * width, width)))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, causal: bool):
+        super().__init__()
+        heads = max(1, width // 64)  # OpenAI's build: heads of 64 channels; toy widths get one
+        if width % heads:
+            raise ValueError(f"width {width} does not split into {heads} heads; use k * 64")
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    """[ViT] plus OpenAI's ln_pre: patches + class token -> blocks -> ln_post(class) @ proj."""
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        width, patch = cfg.vision_width, cfg.vision_patch_size
+        if cfg.image_resolution % patch:
+            raise ValueError(f"image_resolution {cfg.image_resolution} is not a multiple of "
+                             f"vision_patch_size {patch}")
+        grid = cfg.image_resolution // patch
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, patch, stride=patch, bias=False)  # one token per patch
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, cfg.vision_layers, causal=False)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, cfg.embed_dim))
+
+    def forward(self, x):  # x: (B, 3, R, R)
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, grid*grid, width)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj  # (B, D) read off the class token
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.visual = VisionTransformer(cfg)
+        width = cfg.transformer_width
+        self.token_embedding = nn.Embedding(cfg.vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, width))
+        self.transformer = Transformer(width, cfg.transformer_layers, causal=True)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, cfg.embed_dim))
+        # [CLIP] Sec. 2.5: temperature tau initialised to 0.07, learned as log(1/tau).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=width ** -0.5)
+        for tower, w in ((self.transformer, width), (self.visual.transformer, cfg.vision_width)):
+            # OpenAI's init: residual-branch outputs shrink with depth, (2 * layers)^-1/2.
+            proj_std = w ** -0.5 * (2 * max(1, len(tower.resblocks))) ** -0.5
+            for block in tower.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=w ** -0.5)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.zeros_(block.attn.out_proj.bias)
+                nn.init.normal_(block.mlp.c_fc.weight, std=(2 * w) ** -0.5)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+    def encode_image(self, images):
+        """images (B, 3, R, R), already preprocessed -> unnormalised features (B, D)."""
+        return self.visual(images.to(self.visual.conv1.weight.dtype))
+
+    def encode_text(self, tokens):
+        """tokens (B, L'), L' <= context_length -> (pooled (B, D) unnormalised, states (B, L', W)).
+
+        Pooled at the end-of-text token, found as the highest id in each row (OpenAI's argmax
+        rule); the causal mask makes its state a summary of the whole caption and makes padding
+        after it irrelevant, so callers may drop trailing padding to save compute."""
+        B, L = tokens.shape
+        if L > self.config.context_length:
+            raise ValueError(f"tokens of length {L} > context_length {self.config.context_length}")
+        x = self.token_embedding(tokens) + self.positional_embedding[:L]
+        states = self.ln_final(self.transformer(x))  # (B, L, W)
+        end = tokens.argmax(dim=-1)  # (B,)
+        return states[torch.arange(B, device=tokens.device), end] @ self.text_projection, states
+
+    def forward(self, images, tokens):
+        """-> (logits_per_image (B, B), logits_per_text (B, B)), as OpenAI's forward."""
+        z_i = F.normalize(self.encode_image(images), dim=-1)
+        z_t = F.normalize(self.encode_text(tokens)[0], dim=-1)
+        logits_per_image = self.logit_scale.exp() * z_i @ z_t.t()
+        return logits_per_image, logits_per_image.t()
+
+
+def clip_loss(logits_per_image):
+    """[CLIP] Fig. 3: mean of the cross-entropies over rows and columns; pair k is the positive."""
+    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    return (F.cross_entropy(logits_per_image, labels)
+            + F.cross_entropy(logits_per_image.t(), labels)) / 2
+
+
+# ---------------------------------------------------------------- tokenizers
+
+class _Tokenizer:
+    """Shared layout: [start, *ids(caption), end, pad 0, ...] -> (tokens (B, L) int64, mask (B, L)
+    bool). Subclasses set encode, start_token, end_token, vocab_size, context_length, truncate."""
+
+    def __call__(self, captions: list[str]):
+        if isinstance(captions, str):
+            raise TypeError(f"pass a list of captions, not one string: [{captions!r}]")
+        captions, L = list(captions), self.context_length
+        if not captions:
+            raise ValueError("got no captions")
+        tokens = torch.zeros(len(captions), L, dtype=torch.long)
+        mask = torch.zeros(len(captions), L, dtype=torch.bool)
+        for row, caption in enumerate(captions):
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"caption {caption!r} is empty or not a string; give it text")
+            seq = [self.start_token, *self.encode(caption), self.end_token]
+            if len(seq) > L and not self.truncate:
+                raise ValueError(f"caption {caption!r} needs {len(seq)} tokens with start/end, "
+                                 f"over the context length {L}; shorten it or use truncate=True")
+            seq = seq[:L - 1] + [self.end_token] if len(seq) > L else seq  # end stays last
+            tokens[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), True
+        return tokens, mask
+
+
+class ByteTokenizer(_Tokenizer):
+    """Toy tokenizer with no vocabulary file: UTF-8 byte b -> id b + 1, pad 0, start 257,
+    end 258. The end token is the highest id, so pooling at argmax finds it as in OpenAI's CLIP."""
+
+    pad_token, start_token, end_token, vocab_size = 0, 257, 258, 259
+
+    def __init__(self, context_length: int = 80, truncate: bool = True):
+        self.context_length, self.truncate = context_length, truncate
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in text.encode("utf-8")]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> character table: printable Latin-1 bytes stand for
+    themselves, the other bytes for chr(256 + n), so merges never see spaces or control bytes.
+    Dict order (printable first) fixes the ids of the 256 base tokens."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(rest)}}
+
+
+# OpenAI's pre-tokenizer pattern rewritten for `re`: \p{L} -> [^\W\d_], \p{N} -> \d. The literal
+# <|startoftext|>/<|endoftext|> alternatives are left out, so a caption cannot inject an end token.
+_BPE_PATTERN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+
+
+class BPETokenizer(_Tokenizer):
+    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, not shipped).
+
+    Vocabulary: 256 byte characters, the same with '</w>' (end of word), one token per merge,
+    then <|startoftext|> and <|endoftext|>: with the released 48,894 merges start = 49406 and
+    end = 49407 = the highest id. Text cleanup is html-unescape, whitespace collapse and lower
+    case (OpenAI also runs ftfy, not available here)."""
+
+    def __init__(self, merges_path: str, context_length: int = 77, truncate: bool = True):
+        opener = gzip.open if str(merges_path).endswith(".gz") else open
+        with opener(merges_path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")[1:49152 - 256 - 2 + 1]  # skip the version header
+        merges = [tuple(line.split()) for line in lines if len(line.split()) == 2]
+        if not merges:
+            raise ValueError(f"{merges_path} holds no merges ('a b' per line after a header line)")
+        self.byte_encoder = bytes_to_unicode()
+        base = list(self.byte_encoder.values())
+        vocab = [*base, *(c + "</w>" for c in base), *("".join(m) for m in merges),
+                 "<|startoftext|>", "<|endoftext|>"]
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.ranks = {merge: i for i, merge in enumerate(merges)}  # lower rank merges first
+        self.start_token, self.end_token = len(vocab) - 2, len(vocab) - 1
+        self.vocab_size, self.context_length, self.truncate = len(vocab), context_length, truncate
+        self.cache: dict[str, list[str]] = {}
+
+    def bpe(self, word: str) -> list[str]:
+        """Merge the adjacent pair with the lowest rank, left to right, until none is mergeable."""
+        if word not in self.cache:
+            parts = [*word[:-1], word[-1] + "</w>"]
+            while len(parts) > 1:
+                pairs = zip(parts, parts[1:], strict=False)
+                best = min(pairs, key=lambda pair: self.ranks.get(pair, math.inf))
+                if best not in self.ranks:
+                    break
+                merged, i = [], 0
+                while i < len(parts):
+                    if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                        merged.append(parts[i] + parts[i + 1])
+                        i += 2
+                    else:
+                        merged.append(parts[i])
+                        i += 1
+                parts = merged
+            self.cache[word] = parts
+        return self.cache[word]
+
+    def encode(self, text: str) -> list[int]:
+        text = re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip().lower()
+        ids = []
+        for word in _BPE_PATTERN.findall(text):
+            chars = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
+            ids += [self.encoder[token] for token in self.bpe(chars)]
+        return ids
+
+
+# ---------------------------------------------------------------- frozen wrapper
+
+def _pil_to_tensor(image) -> torch.Tensor:
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected PIL images in the list, got {type(image).__name__}")
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) in [-1, 1]
+
+
+class FrozenCLIP:
+    """A CLIP with gradients off, in eval mode: strings in, (z_t, states, mask) out; images
+    ([B, 3, H, W] in [-1, 1], or a list of PIL images) in, z_i out. Work is chunked by batch_size.
+
+    kind="toy": the model was trained on [-1, 1] images of exactly image_resolution (size is
+    checked). kind="openai": [CLIP]'s preprocessing, bicubic resize of the short side, center
+    crop, normalisation with CLIP_MEAN / CLIP_STD."""
+
+    def __init__(self, model: CLIP, tokenizer, kind: str = "toy", batch_size: int = 256,
+                 device=None):
+        if kind not in ("toy", "openai"):
+            raise ValueError(f"kind must be 'toy' or 'openai', got {kind!r}")
+        cfg = model.config
+        if tokenizer.context_length != cfg.context_length or tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"tokenizer (context {tokenizer.context_length}, vocab "
+                             f"{tokenizer.vocab_size}) does not fit the model (context "
+                             f"{cfg.context_length}, vocab {cfg.vocab_size})")
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.kind, self.batch_size = tokenizer, kind, batch_size
+        self.to(device if device is not None else next(model.parameters()).device)
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    embed_dim = property(lambda self: self.model.config.embed_dim)
+    text_width = property(lambda self: self.model.config.transformer_width)
+    context_length = property(lambda self: self.model.config.context_length)
+    vocab_size = property(lambda self: self.model.config.vocab_size)
+
+    def tokenize(self, captions: list[str]):
+        tokens, mask = self.tokenizer(captions)
+        return tokens.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]):
+        """-> z_t (B, D) unit norm, states (B, L, W), mask (B, L)."""
+        tokens, mask = self.tokenize(captions)
+        outs = [self.model.encode_text(chunk) for chunk in tokens.split(self.batch_size)]
+        pooled, states = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return F.normalize(pooled.float(), dim=-1), states.float(), mask
+
+    @torch.no_grad()
+    def encode_image(self, images):
+        """images (B, 3, H, W) in [-1, 1] or a list of PIL images -> z_i (B, D) unit norm."""
+        x = self.preprocess(images)
+        z_i = torch.cat([self.model.encode_image(chunk) for chunk in x.split(self.batch_size)])
+        return F.normalize(z_i.float(), dim=-1)
+
+    def preprocess(self, images) -> torch.Tensor:
+        R = self.model.config.image_resolution
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("got an empty list of images")
+            if self.kind == "openai":  # sizes may differ: each is resized on its own
+                return torch.cat([self.preprocess(_pil_to_tensor(im)[None]) for im in images])
+            images = [_pil_to_tensor(im) for im in images]
+            if any(im.shape[-2:] != (R, R) for im in images):
+                raise ValueError(f"the toy CLIP takes {R}x{R} images; got sizes "
+                                 f"{sorted({tuple(im.shape[-2:]) for im in images})}: resize them")
+            images = torch.stack(images)
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a [B, 3, H, W] tensor or a list of PIL images, got "
+                             f"{getattr(images, 'shape', type(images).__name__)}")
+        x = images.to(self.device, torch.float32)
+        if x.numel() and (x.min() < -1.01 or x.max() > 1.01):
+            raise ValueError(f"images must lie in [-1, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        if self.kind == "toy":
+            if x.shape[-2:] != (R, R):
+                raise ValueError(f"the toy CLIP takes {R}x{R} images, got {tuple(x.shape[-2:])}: "
+                                 "resize them (e.g. F.interpolate(..., antialias=True))")
+            return x
+        x = (x + 1) / 2  # [CLIP] preprocessing works on [0, 1] RGB
+        H, W = x.shape[-2:]
+        size = (max(R, round(H * R / min(H, W))), max(R, round(W * R / min(H, W))))
+        if (H, W) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+        top, left = round((size[0] - R) / 2), round((size[1] - R) / 2)
+        x = x[..., top:top + R, left:left + R]
+        mean, std = (torch.tensor(v, device=x.device).view(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+        return (x - mean) / std
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def infer_config(state_dict) -> CLIPConfig:
+    """Read the architecture off tensor shapes, as OpenAI's build_model does."""
+    conv = state_dict["visual.conv1.weight"]  # (vision_width, 3, patch, patch)
+    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+
+    def layers(prefix):
+        return sum(k.startswith(prefix) and k.endswith(".attn.in_proj_weight") for k in state_dict)
+
+    return CLIPConfig(
+        embed_dim=state_dict["text_projection"].shape[1], image_resolution=conv.shape[-1] * grid,
+        vision_layers=layers("visual.transformer.resblocks."), vision_width=conv.shape[0],
+        vision_patch_size=conv.shape[-1],
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=state_dict["ln_final.weight"].shape[0],
+        transformer_layers=layers("transformer.resblocks."))
+
+
+_REQUIRED = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
+             "positional_embedding", "token_embedding.weight", "ln_final.weight")
+
+
+def load_openai(path: str, device="cpu") -> CLIP:
+    """Load an OpenAI CLIP ViT checkpoint: the released TorchScript archive (e.g. ViT-B-32.pt)
+    or a plain state_dict. Weights become fp32; the config is inferred from shapes; strict load."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:  # the released files are TorchScript archives: take their weights, run none of their code
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is neither a TorchScript archive nor a state_dict saved with "
+                             f"torch.save ({type(e).__name__}); only OpenAI CLIP ViT checkpoints "
+                             "are supported") from e
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a CLIP state_dict")
+    if any(k.startswith("visual.layer1") for k in state_dict):
+        raise ValueError(f"{path} is a ResNet CLIP (RN50 family); only ViT checkpoints "
+                         "(ViT-B/32, ViT-B/16, ViT-L/14, ...) are supported")
+    missing = [k for k in _REQUIRED if k not in state_dict]
+    if missing:
+        raise ValueError(f"{path} is not a CLIP ViT checkpoint (missing {missing}); only OpenAI "
+                         "CLIP ViT checkpoints are supported")
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
+                  if k not in ("input_resolution", "context_length", "vocab_size")}
+    model = CLIP(infer_config(state_dict))
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+def save_clip(model: CLIP, path: str):
+    """Write {"config", "state_dict"} atomically: a crash mid-write leaves the old file intact."""
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_clip(path: str, map_location="cpu") -> CLIP:
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)  # never runs pickled code
+    if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= ckpt.keys():
+        raise ValueError(f"{path} is not a tinyunclip CLIP checkpoint {{'config', 'state_dict'}}; "
+                         "for OpenAI's released weights use load_openai")
+    try:
+        model = CLIP(CLIPConfig(**ckpt["config"]))
+    except TypeError as e:
+        raise ValueError(f"{path} has a config this CLIPConfig does not know: {e}") from e
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.to(map_location)
+
+
+# ---------------------------------------------------------------- training
+
+def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float = 1e-3,
+               weight_decay: float = 0.2, schedule: str = "cosine", max_grad_norm: float = 1.0,
+               device=None, log_every: int = 50, log: Callable[[str], None] = print) -> list[float]:
+    """Contrastive training on (images (B, 3, R, R) in [-1, 1], captions list[str]) batches.
+
+    [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6) with decoupled weight decay on weights only
+    (not gains, biases or the temperature), linear warmup (5% of steps) then cosine decay (or
+    constant), logit scale clipped at 100. `batches` is iterated again when it runs out. Nothing
+    here is random (the data is the caller's), so there is no seed. Returns the per-step losses."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).train().requires_grad_(True)  # undo a FrozenCLIP wrapped around it
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2]},
+                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    losses, stream, seen, clock = [], iter(batches), 0, time.perf_counter()
+    for step in range(steps):
+        batch = next(stream, None)
+        if batch is None:  # a new epoch; a one-shot generator stays empty
+            stream = iter(batches)
+            if (batch := next(stream, None)) is None:
+                raise ValueError(f"batches ran out after {step} of {steps} steps; pass a "
+                                 "re-iterable (a list or DataLoader) or enough batches")
+        images, captions = batch
+        # linear warmup, then cosine decay to 0 (or constant)
+        cosine = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, steps - warmup)))
+        rate = lr * min(1.0, (step + 1) / warmup) * (cosine if schedule == "cosine" else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = rate
+        tokens, mask = tokenizer(captions)
+        # Padding after the longest caption cannot change what we read (causal mask): drop it.
+        tokens = tokens[:, :int(mask.sum(1).max())].to(device)
+        logits_per_image, _ = model(images.to(device), tokens)
+        loss = clip_loss(logits_per_image)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"CLIP loss is {loss.item()} at step {step}; lower lr "
+                                     f"(now {lr}) or check the images are finite and in [-1, 1]")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # [CLIP] Sec. 2.5: logits scaled <= 100
+        losses.append(loss.item())
+        seen += len(images)
+        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+            now = time.perf_counter()
+            window = losses[-log_every:]
+            log(f"clip step {step + 1}/{steps} loss {sum(window) / len(window):.4f} lr {rate:.2e} "
+                f"{seen / (now - clock):.1f} img/s")
+            seen, clock = 0, now
+    return losses

@@ -1,0 +1,326 @@
+"""Tests for clip_frozen.py: shapes, pooling, masks, tokenizers, checkpoints, freezing, training."""
+import ast
+import gzip
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_frozen import (
+    CLIP,
+    BPETokenizer,
+    ByteTokenizer,
+    CLIPConfig,
+    FrozenCLIP,
+    bytes_to_unicode,
+    clip_loss,
+    infer_config,
+    load_clip,
+    load_openai,
+    save_clip,
+    train_clip,
+)
+
+TINY = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=2, vision_width=64,
+                  vision_patch_size=4, context_length=24, transformer_width=64,
+                  transformer_layers=2)
+# widths that give 2 heads, different depths, patch and resolution: a config shapes must reveal
+ODD = CLIPConfig(embed_dim=48, image_resolution=24, vision_layers=1, vision_width=128,
+                 vision_patch_size=8, context_length=16, vocab_size=300, transformer_width=128,
+                 transformer_layers=3)
+
+
+def make(cfg=TINY, seed=0):
+    torch.manual_seed(seed)
+    return CLIP(cfg).eval()
+
+
+def images(n, res=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, res, res, generator=g) * 2 - 1
+
+
+def test_imports_only_torch_numpy_pil_stdlib():
+    tree = ast.parse(Path(__file__).parents[1].joinpath("clip_frozen.py").read_text())
+    roots = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in n.names}
+    project = {p.stem for p in Path(__file__).parents[1].glob("*.py")} - {"clip_frozen"}
+    assert not roots & project
+    assert roots <= {"torch", "numpy", "PIL", "gzip", "html", "math", "os", "re", "time",
+                     "collections", "dataclasses"}
+
+
+def test_state_dict_keys_are_openais():
+    cfg = CLIPConfig(vision_layers=1, transformer_layers=1)
+    block = ["attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
+             "attn.out_proj.bias", "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+             "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias"]
+    expected = {"visual.class_embedding", "visual.positional_embedding", "visual.proj",
+                "visual.conv1.weight", "visual.ln_pre.weight", "visual.ln_pre.bias",
+                "visual.ln_post.weight", "visual.ln_post.bias", "positional_embedding",
+                "text_projection", "logit_scale", "token_embedding.weight", "ln_final.weight",
+                "ln_final.bias"}
+    expected |= {f"{tower}transformer.resblocks.0.{k}" for tower in ("", "visual.") for k in block}
+    assert set(CLIP(cfg).state_dict()) == expected
+
+
+def test_output_shapes():
+    model, tok = make(), ByteTokenizer(TINY.context_length)
+    tokens, mask = tok(["a red circle", "a blue square on a gray background", "x"])
+    assert tokens.shape == mask.shape == (3, 24) and tokens.dtype == torch.long
+    pooled, states = model.encode_text(tokens)
+    assert pooled.shape == (3, 32) and states.shape == (3, 24, 64)
+    assert model.encode_image(images(3)).shape == (3, 32)
+    per_image, per_text = model(images(3), tokens)
+    assert per_image.shape == (3, 3) and torch.equal(per_image, per_text.t())
+    frozen = FrozenCLIP(model, tok)
+    z_t, states, mask = frozen.encode_text(["a red circle", "b"])
+    assert z_t.shape == (2, 32) and states.shape == (2, 24, 64) and mask.shape == (2, 24)
+    assert torch.allclose(z_t.norm(dim=-1), torch.ones(2))
+    z_i = frozen.encode_image(images(2))
+    assert z_i.shape == (2, 32) and torch.allclose(z_i.norm(dim=-1), torch.ones(2))
+    assert (frozen.embed_dim, frozen.text_width, frozen.context_length, frozen.vocab_size) == (
+        32, 64, 24, 259)
+
+
+def test_pooling_reads_the_end_token():
+    model, tok = make(), ByteTokenizer(TINY.context_length)
+    tokens, mask = tok(["a big red circle", "sq"])
+    pooled, states = model.encode_text(tokens)
+    end = mask.sum(1) - 1  # the end token is the last real token
+    assert torch.equal(tokens[torch.arange(2), end], torch.full((2,), tok.end_token))
+    at_end = states[torch.arange(2), end] @ model.text_projection
+    assert torch.allclose(pooled, at_end, atol=1e-6)
+    assert not torch.allclose(pooled, states[:, -1] @ model.text_projection, atol=1e-3)
+    # junk after the end token (where padding sits) changes nothing that is pooled
+    junk = tokens.clone()
+    junk[~mask] = 7
+    assert torch.allclose(model.encode_text(junk)[0], pooled, atol=1e-6)
+
+
+def test_text_is_causal_and_image_is_not():
+    model = make()
+    tokens, _ = ByteTokenizer(TINY.context_length)(["a red circle in the top left"])
+    changed = tokens.clone()
+    changed[0, 10] = 99
+    before, after = model.encode_text(tokens)[1], model.encode_text(changed)[1]
+    assert torch.allclose(before[:, :10], after[:, :10], atol=1e-6)
+    assert not torch.allclose(before[:, 10:], after[:, 10:], atol=1e-3)
+    # the image tower reads its class token (position 0): it must see the last patch
+    x = images(1)
+    y = x.clone()
+    y[..., -4:, -4:] = 0
+    assert not torch.allclose(model.encode_image(x), model.encode_image(y), atol=1e-4)
+
+
+def test_byte_tokenizer():
+    tok = ByteTokenizer(context_length=8)
+    tokens, mask = tok(["ab", "abcdefghij"])
+    assert tokens[0].tolist() == [257, 98, 99, 258, 0, 0, 0, 0]
+    assert mask[0].tolist() == [True] * 4 + [False] * 4
+    assert tokens[1].tolist() == [257, *range(98, 104), 258] and mask[1].all()  # end kept last
+    assert tok.end_token == tok.vocab_size - 1 == tokens.max()
+    with pytest.raises(ValueError, match=r"'abcdefghij'.*context length 8"):
+        ByteTokenizer(8, truncate=False)(["abcdefghij"])
+    with pytest.raises(ValueError, match="empty"):
+        tok(["ok", "  "])
+    with pytest.raises(TypeError, match="list of captions"):
+        tok("a red circle")
+
+
+def write_merges(path, merges):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+
+
+def test_bpe_tokenizer_on_written_merges(tmp_path):
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256)) and len(set(table.values())) == 256
+    assert table[ord("a")] == "a" and table[ord(" ")] == chr(256 + 32)  # space -> 'Ġ'
+    path = tmp_path / "merges.txt.gz"
+    write_merges(path, [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o</w>")])
+    tok = BPETokenizer(str(path), context_length=12)
+    start, end = 512 + 4, 512 + 5  # 256 bytes, 256 bytes + '</w>', 4 merges, then start/end
+    assert (tok.start_token, tok.end_token, tok.vocab_size) == (start, end, 518)
+    base = list(table.values())
+    hello = 512 + 3
+    world = [base.index(c) for c in "worl"] + [256 + base.index("d")]
+    tokens, mask = tok(["  HELLO\n\tWorld!", "hello &amp;"])
+    assert tokens[0, :mask[0].sum()].tolist() == [start, hello, *world, 256 + base.index("!"), end]
+    assert tokens[1, :mask[1].sum()].tolist() == [start, hello, 256 + base.index("&"), end]
+    assert tok.encode("it's") == [base.index("i"), 256 + base.index("t"), base.index("'"),
+                                  256 + base.index("s")]
+    tokens, mask = tok(["hello " * 20])
+    assert mask.all() and tokens[0, -1] == end and tokens.max() == end
+
+
+def test_bpe_full_size_vocabulary_ids(tmp_path):
+    base = list(bytes_to_unicode().values())
+    merges = [(a, b) for a in base[:200] for b in base][:48894]  # as many merges as OpenAI's file
+    write_merges(tmp_path / "m.txt.gz", merges + [("x", "y")] * 5)  # extra lines are ignored
+    tok = BPETokenizer(str(tmp_path / "m.txt.gz"))
+    assert (tok.start_token, tok.end_token, tok.vocab_size, tok.context_length) == (
+        49406, 49407, 49408, 77)
+
+
+def test_save_load_round_trip_and_shape_inference(tmp_path):
+    model = make(ODD)
+    assert infer_config(model.state_dict()) == ODD
+    fresh = CLIP(infer_config(model.state_dict()))
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    save_clip(model, tmp_path / "clip.pt")
+    loaded = load_clip(tmp_path / "clip.pt")
+    assert loaded.config == ODD and not (tmp_path / "clip.pt.tmp").exists()
+    tokens, _ = ByteTokenizer(16)(["a red circle"])
+    for m in (fresh, loaded):
+        assert torch.equal(m.encode_text(tokens)[0], model.encode_text(tokens)[0])
+        assert torch.equal(m.encode_image(images(2, 24)), model.encode_image(images(2, 24)))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="load_openai"):
+        load_clip(tmp_path / "other.pt")
+
+
+def test_torchscript_archive_loads_through_load_openai(tmp_path):
+    model = make(ODD)
+    tokens, _ = ByteTokenizer(16)(["a red circle", "blue"])
+    x = images(2, 24)
+    # imitate OpenAI's release: fp16 weights, three int attributes, a traced forward
+    archive = make(ODD).half()
+    for name, value in (("input_resolution", 24), ("context_length", 16), ("vocab_size", 300)):
+        archive.register_buffer(name, torch.tensor(value))
+    archive.load_state_dict(model.state_dict(), strict=False)
+    traced = torch.jit.trace(archive, (x.half(), tokens), check_trace=False)
+    traced.save(str(tmp_path / "ViT-toy.pt"))
+    assert "input_resolution" in torch.jit.load(str(tmp_path / "ViT-toy.pt")).state_dict()
+    loaded = load_openai(str(tmp_path / "ViT-toy.pt"))
+    assert loaded.config == ODD and loaded.logit_scale.dtype == torch.float32
+    assert torch.allclose(loaded.encode_image(x), model.encode_image(x), atol=2e-2)
+    assert torch.allclose(loaded.encode_text(tokens)[0], model.encode_text(tokens)[0], atol=2e-2)
+    torch.save(model.state_dict(), tmp_path / "plain.pt")  # a plain state_dict loads exactly
+    assert torch.equal(load_openai(str(tmp_path / "plain.pt")).encode_image(x),
+                       model.encode_image(x))
+
+
+def test_load_openai_rejects_resnet_and_unrelated_files(tmp_path):
+    resnet = {**make().state_dict(), "visual.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}
+    torch.save(resnet, tmp_path / "RN50.pt")
+    with pytest.raises(ValueError, match="only ViT"):
+        load_openai(str(tmp_path / "RN50.pt"))
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="only OpenAI CLIP ViT"):
+        load_openai(str(tmp_path / "notes.txt"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="missing"):
+        load_openai(str(tmp_path / "other.pt"))
+
+
+def test_frozen_wrapper_has_no_grads_in_a_training_loop():
+    frozen = FrozenCLIP(make(), ByteTokenizer(TINY.context_length), batch_size=2)
+    frozen.model.train()  # FrozenCLIP must not rely on the caller to keep eval mode...
+    frozen = FrozenCLIP(frozen.model, frozen.tokenizer, batch_size=2)
+    assert not frozen.model.training
+    head = torch.nn.Linear(32, 32)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for _ in range(2):
+        z_t, states, _ = frozen.encode_text(["a red circle", "a blue square", "green"])
+        z_i = frozen.encode_image(images(3))
+        assert not (z_t.requires_grad or states.requires_grad or z_i.requires_grad)
+        loss = (head(z_t) - z_i).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert head.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in frozen.model.parameters())
+    # chunking by batch_size=2 gives the same answer as one batch
+    whole = FrozenCLIP(frozen.model, frozen.tokenizer, batch_size=256)
+    assert torch.allclose(whole.encode_image(images(3)), frozen.encode_image(images(3)), atol=1e-6)
+
+
+def test_image_preprocessing():
+    model = make()
+    toy = FrozenCLIP(model, ByteTokenizer(TINY.context_length))
+    x = images(2)
+    pils = [Image.fromarray(((im.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for im in x]
+    assert torch.allclose(toy.encode_image(pils), toy.encode_image(x), atol=1e-2)
+    with pytest.raises(ValueError, match="16x16"):
+        toy.encode_image(images(1, res=32))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        toy.encode_image(images(1) * 255)
+    openai = FrozenCLIP(model, ByteTokenizer(TINY.context_length), kind="openai")
+    # a flat colour of any size becomes the flat normalised colour at 16x16
+    flat = torch.full((1, 3, 30, 50), 0.2)
+    out = openai.preprocess(flat)
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711])
+    assert out.shape == (1, 3, 16, 16)
+    assert torch.allclose(out, ((0.6 - mean) / std).view(1, 3, 1, 1).expand(1, 3, 16, 16),
+                          atol=1e-4)
+    # center crop: a wide image keeps its middle columns
+    wide = torch.full((1, 3, 16, 48), -1.0)
+    wide[..., 16:32] = 1.0
+    assert torch.allclose(openai.preprocess(wide), ((1 - mean) / std).view(1, 3, 1, 1).expand(
+        1, 3, 16, 16), atol=1e-4)
+    assert openai.encode_image([Image.new("RGB", (40, 20)), Image.new("L", (16, 16))]).shape == (
+        2, 32)
+
+
+def test_clip_loss():
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(clip_loss(logits), clip_loss(logits.t()))
+    assert torch.allclose(clip_loss(torch.full((7, 7), 3.0)), torch.tensor(math.log(7)))
+    assert clip_loss(20 * torch.eye(4)) < 1e-6
+    # 2x2 closed form: rows and columns both give log(1 + e^(b - a)) for [[a, b], [b, a]]
+    assert torch.allclose(clip_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]])),
+                          torch.tensor(math.log(1 + math.exp(-1))))
+    # asymmetric logits: the mean of the row and column losses
+    m = torch.tensor([[2.0, 1.0], [0.0, 0.5]])
+    rows = F.cross_entropy(m, torch.arange(2))
+    cols = F.cross_entropy(m.t(), torch.arange(2))
+    assert torch.allclose(clip_loss(m), (rows + cols) / 2) and not torch.allclose(rows, cols)
+
+
+COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "white": (1, 1, 1)}
+CORNERS = {"top left": (0, 0), "top right": (0, 8), "bottom left": (8, 0), "bottom right": (8, 8)}
+
+
+def synthetic_batch(g, n=16):
+    """A coloured 7x7 square in one quadrant of a black 16x16 image, with a 1-pixel jitter; the
+    16 (colour, corner) pairs in random order, so no two captions of a batch are equal."""
+    x = -torch.ones(n, 3, 16, 16)
+    captions = []
+    for k, pair in enumerate(torch.randperm(16, generator=g)[:n].tolist()):
+        colour, corner = list(COLOURS)[pair // 4], list(CORNERS)[pair % 4]
+        top, left = (a + int(torch.randint(2, (), generator=g)) for a in CORNERS[corner])
+        x[k, :, top:top + 7, left:left + 7] = torch.tensor(COLOURS[colour]).view(3, 1, 1)
+        captions.append(f"{colour} {corner}")
+    return x, captions
+
+
+def test_training_lowers_loss_and_retrieval_beats_chance():
+    cfg = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=1, vision_width=64,
+                     vision_patch_size=4, context_length=16, transformer_width=64,
+                     transformer_layers=2)
+    model, tok = make(cfg), ByteTokenizer(16)
+    g = torch.Generator().manual_seed(0)
+    batches = [synthetic_batch(g) for _ in range(10)]
+    lines = []
+    losses = train_clip(model, tok, batches, steps=100, lr=1e-3, log_every=40, log=lines.append)
+    assert len(losses) == 100 and len(lines) == 3 and "img/s" in lines[-1]
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:5]) / 5  # from ~log(16)
+    frozen = FrozenCLIP(model, tok)
+    prompts = [f"{c} {p}" for c in COLOURS for p in CORNERS]
+    x, captions = synthetic_batch(torch.Generator().manual_seed(1))  # fresh samples
+    sims = frozen.encode_image(x) @ frozen.encode_text(prompts)[0].t()
+    accuracy = (sims.argmax(1) == torch.tensor([prompts.index(c) for c in captions])).float()
+    assert accuracy.mean() > 0.5  # chance is 1/16
+
+
+def test_train_clip_rejects_exhausted_batches():
+    model, tok = make(), ByteTokenizer(TINY.context_length)
+    one_shot = (synthetic_batch(torch.Generator().manual_seed(0), 4) for _ in range(2))
+    with pytest.raises(ValueError, match="ran out after 2 of 5"):
+        train_clip(model, tok, one_shot, steps=5, log_every=0)

@@ -1,0 +1,136 @@
+"""train_toy.py end to end on tiny settings: all stages, report, resume, refusals, NaN, DDP."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_toy
+from decoder import Decoder
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
+        "--clip.vision_width 32 --clip.vision_layers 1 --clip.transformer_width 32 "
+        "--clip.transformer_layers 1 --clip.embed_dim 16 "
+        "--prior.width 32 --prior.layers 1 --prior.heads 1 "
+        "--decoder.channels 8 --decoder.head_channels 8 --decoder.text_layers 1 "
+        "--decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
+        "--up1.channels 8 --up2.channels 8 "
+        "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
+for _stage in ("clip", "prior", "decoder", "up1", "up2"):
+    TINY += [f"--opt_{_stage}.steps", str(STEPS), f"--opt_{_stage}.batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "toy"
+    report = train_toy.main(TINY + ["--out", str(out)])
+    return out, report
+
+
+def test_all_stages_write_checkpoints_and_report(finished_run):
+    out, report = finished_run
+    for name in ("clip", "prior", "decoder", "up1", "up2", "unclip"):
+        assert (out / f"{name}.pt").exists(), name
+    saved = json.loads((out / "report.json").read_text())
+    for key in ("clip_score", "fd_clip", "prior_cosine", "accuracy_32", "accuracy_128",
+                "prior_retrieval", "seconds"):
+        assert key in saved, key
+    assert saved["accuracy_32"]["all"]["n"] == 4
+    assert set(saved["seconds"]) >= {"clip", "prior", "decoder", "up1", "up2", "eval"}
+    assert (out / "report.md").read_text().startswith("# tinyunclip")
+    assert (out / "samples_32.png").exists() and (out / "samples_128.png").exists()
+    ck = torch.load(out / "decoder.pt", weights_only=True)
+    assert ck["train"]["step"] == STEPS and len(ck["train"]["history"]) == STEPS
+    Decoder.load(out / "decoder.pt")  # the module's own loader reads a stage checkpoint
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run):
+    out, _ = finished_run
+    with pytest.raises(SystemExit, match="already holds a finished run"):
+        train_toy.main(TINY + ["--out", str(out)])
+
+
+def test_unknown_option_and_stage_are_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        train_toy.main(["--decoder.no_such_field", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown stages"):
+        train_toy.main(TINY + ["--stages", "clip,vae", "--out", str(tmp_path / "x")])
+
+
+def test_resume_continues_to_the_same_result(finished_run, tmp_path, monkeypatch):
+    done, _ = finished_run
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(done / "clip.pt", out / "clip.pt")
+    args = TINY + ["--out", str(out), "--stages", "decoder"]
+    real_loss = Decoder.loss
+    calls = {"n": 0}
+
+    def dies_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill after the step-2 checkpoint
+        return real_loss(self, *a, **k)
+
+    monkeypatch.setattr(Decoder, "loss", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_toy.main(args)
+    assert torch.load(out / "decoder.pt", weights_only=True)["train"]["step"] == 2
+    monkeypatch.setattr(Decoder, "loss", real_loss)
+    train_toy.main(args + ["--resume"])
+    resumed = torch.load(out / "decoder.pt", weights_only=True)
+    uninterrupted = torch.load(done / "decoder.pt", weights_only=True)
+    assert resumed["train"]["step"] == STEPS
+    # same data, same RNG stream: the loss history continues exactly
+    assert resumed["train"]["history"] == pytest.approx(uninterrupted["train"]["history"], rel=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeypatch):
+    done, _ = finished_run
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(done / "clip.pt", out / "clip.pt")
+    real_loss = Decoder.loss
+    calls = {"n": 0}
+
+    def nan_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        loss = real_loss(self, *a, **k)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(Decoder, "loss", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match=r"decoder: loss is nan at step 3"):
+        train_toy.main(TINY + ["--out", str(out), "--stages", "decoder"])
+    ck = torch.load(out / "decoder.pt", weights_only=True)
+    assert ck["train"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_gloo_two_processes(finished_run, tmp_path):
+    done, _ = finished_run
+    out = tmp_path / "ddp"
+    out.mkdir()
+    shutil.copy(done / "clip.pt", out / "clip.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(REPO / "train_toy.py"),
+           *TINY, "--stages", "prior", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = torch.load(out / "prior.pt", weights_only=True)
+    assert ck["train"]["step"] == STEPS
+    assert "prior step 4/4" in proc.stdout and "evaluation skipped" in proc.stdout

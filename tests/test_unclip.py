@@ -1,0 +1,364 @@
+"""Tests for unclip.py: tiny randomly initialised stages (no training), CPU, seeded.
+
+Zero-initialised output layers would make an untrained decoder ignore its weights and its
+conditioning, so every parameter is perturbed: outputs then depend on weights, z_i and noise, and
+a test that compares outputs can fail."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import unclip
+from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP, save_clip
+from decoder import Decoder, DecoderConfig
+from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
+from unclip import UnCLIP, from_stage_checkpoints, load_pipeline, save_pipeline, slerp
+from upsample import Upsampler, UpsamplerConfig
+
+D, L = 16, 24  # CLIP embedding size, context length
+FAST = dict(decoder_steps=3, upsampler_steps=2)  # sampling steps for every test
+GEN = dict(prior_steps=3, **FAST)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def perturb(module, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return module.eval()
+
+
+def parts(seed=0, ar=False):
+    """CLIP, prior, decoder and two upsamplers (8 -> 16 -> 32), all tiny and random."""
+    torch.manual_seed(seed)
+    clip = CLIP(CLIPConfig(embed_dim=D, image_resolution=8, vision_layers=1, vision_width=32,
+                           vision_patch_size=4, context_length=L, transformer_width=32,
+                           transformer_layers=1))
+    if ar:
+        prior = ARPrior(ARPriorConfig(clip_dim=D, text_width=32, width=32, layers=1, heads=2,
+                                      pca_dims=4, buckets=16))
+        g = torch.Generator().manual_seed(seed)
+        prior.fit_codebook(F.normalize(torch.randn(64, D, generator=g), dim=-1),
+                           F.normalize(torch.randn(64, D, generator=g), dim=-1))
+    else:
+        prior = DiffusionPrior(DiffusionPriorConfig(clip_dim=D, text_width=32, width=32,
+                                                    layers=1, heads=2))
+    decoder = Decoder(DecoderConfig(image_size=8, channels=16, channel_mults=(1, 2),
+                                    num_res_blocks=1, attention_resolutions=(4,),
+                                    head_channels=16, clip_dim=D, text_layers=1, text_width=16,
+                                    text_heads=2, context_length=L))
+    ups = [Upsampler(UpsamplerConfig(low_res=lo, high_res=2 * lo, channels=8,
+                                     channel_mults=(1, 2), sample_steps=2)) for lo in (8, 16)]
+    for i, m in enumerate([clip, prior, decoder, *ups]):
+        perturb(m, seed * 10 + i)
+    return FrozenCLIP(clip, ByteTokenizer(L)), prior, decoder, ups
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return UnCLIP(*parts())
+
+
+@pytest.fixture(scope="module")
+def image():
+    g = torch.Generator().manual_seed(5)
+    return torch.rand(3, 8, 8, generator=g) * 2 - 1
+
+
+# ------------------------------------------------------------------ slerp
+def test_slerp_endpoints_norm_and_midpoint_angle():
+    g = torch.Generator().manual_seed(0)
+    a, b = F.normalize(torch.randn(2, 4, D, generator=g), dim=-1)
+    omega = torch.acos((a * b).sum(-1))
+    for theta in (0.0, 1.0, 0.5, 0.3):
+        s = slerp(a, b, theta)
+        assert torch.allclose(s.norm(dim=-1), torch.ones(4), atol=1e-5)
+        # the result is at angle θΩ from a and (1-θ)Ω from b
+        assert torch.allclose(torch.acos((s * a).sum(-1).clamp(-1, 1)), theta * omega, atol=1e-3)
+        assert torch.allclose(torch.acos((s * b).sum(-1).clamp(-1, 1)), (1 - theta) * omega,
+                              atol=1e-3)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-6)
+    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    # slerp of non-unit vectors uses the angle of the normalised ones: midpoint of 2e1 and e2
+    e = torch.eye(2)
+    expected = (2 * e[0] + e[1]) * math.sin(math.pi / 4)  # Ω = π/2: both weights sin(π/4)
+    assert torch.allclose(slerp(2 * e[0], e[1], 0.5), expected)
+
+
+def test_slerp_parallel_small_theta_and_broadcast():
+    a = F.normalize(torch.randn(D), dim=0)
+    for b in (a.clone(), 3 * a):  # parallel: no NaN, lerp
+        s = slerp(a, b, 0.25)
+        assert torch.isfinite(s).all() and torch.allclose(s, 0.75 * a + 0.25 * b, atol=1e-6)
+    b = F.normalize(torch.randn(D), dim=0)
+    assert torch.allclose(slerp(a, b, 1e-9), a, atol=1e-6)  # θ -> 0
+    frames = slerp(a[None], b[None], torch.linspace(0, 1, 5))  # one pair, five θ
+    assert frames.shape == (5, D)
+    assert torch.allclose(frames[0], a, atol=1e-6) and torch.allclose(frames[-1], b, atol=1e-6)
+    assert torch.allclose(frames[2], slerp(a, b, 0.5), atol=1e-6)
+
+
+# ------------------------------------------------------------------ generate
+def test_generate_sizes_stages_and_seed(pipe):
+    out = pipe.generate(["a red circle", "a blue square"], images_per_caption=2, seed=1, **GEN)
+    assert out["z_i"].shape == (4, D)
+    assert torch.allclose(out["z_i"].norm(dim=-1), torch.ones(4), atol=1e-5)
+    for key, size in (("decoder", 8), ("up1", 16), ("up2", 32)):
+        assert out[key].shape == (4, 3, size, size)
+        assert out[key].min() >= -1 and out[key].max() <= 1
+    assert [x.shape[-1] for x in out["images"]] == [8, 16, 32]
+    again = pipe.generate(["a red circle", "a blue square"], images_per_caption=2, seed=1, **GEN)
+    other = pipe.generate(["a red circle", "a blue square"], images_per_caption=2, seed=2, **GEN)
+    assert torch.equal(out["up2"], again["up2"]) and torch.equal(out["z_i"], again["z_i"])
+    assert not torch.allclose(out["decoder"], other["decoder"], atol=1e-3)
+    assert not torch.allclose(out["decoder"][0], out["decoder"][1], atol=1e-3)  # n images differ
+    small = pipe.generate(["a red circle"], seed=1, stages="decoder", **GEN)
+    assert set(small) == {"z_i", "decoder", "images"}
+    assert set(pipe.generate("a red circle", stages="prior", **GEN)) == {"z_i", "images"}
+
+
+def test_batched_and_single_caption_agree(pipe):
+    captions = ["a red circle", "a large green cross in the top left"]
+    both = pipe.generate(captions, images_per_caption=2, seed=7, **GEN)
+    for k, caption in enumerate(captions):  # image j of caption k uses seed + 10000 k + j
+        alone = pipe.generate([caption], images_per_caption=2, seed=7 + 10_000 * k, **GEN)
+        for key in ("z_i", "decoder", "up1", "up2"):
+            # equal up to float rounding: batch shape and caption padding change kernel order
+            assert torch.allclose(both[key][2 * k:2 * k + 2], alone[key], atol=1e-4), key
+
+
+def test_prior_free_baselines(pipe):
+    z_t = pipe.clip.encode_text(["a red circle"])[0]
+    text = pipe.generate(["a red circle"], embedding="text", stages="decoder", **GEN)
+    assert torch.allclose(text["z_i"], z_t)  # zero-shot: z_t decoded as if it were z_i
+    none = pipe.generate(["a red circle"], embedding="none", stages="decoder", **GEN)
+    assert none["z_i"] is None
+    assert not torch.allclose(text["decoder"], none["decoder"], atol=1e-3)
+    no_prior = UnCLIP(pipe.clip, None, pipe.decoder, pipe.upsamplers)
+    with pytest.raises(ValueError, match="no prior"):
+        no_prior.generate(["a red circle"], **GEN)
+    assert torch.equal(no_prior.generate(["a red circle"], embedding="text", stages="decoder",
+                                         **GEN)["decoder"], text["decoder"])
+
+
+def test_stage_errors_and_progress(pipe):
+    short = UnCLIP(pipe.clip, pipe.prior, pipe.decoder, pipe.upsamplers[:1])
+    with pytest.raises(ValueError, match="up2.*train_toy"):
+        short.generate(["a red circle"], stages="up2", **GEN)
+    with pytest.raises(ValueError, match="stages must be"):
+        pipe.generate(["a red circle"], stages="up3", **GEN)
+    with pytest.raises(ValueError, match="up1 takes 16x16"):
+        UnCLIP(pipe.clip, pipe.prior, pipe.decoder, pipe.upsamplers[1:])
+    calls = []
+    short.generate(["a red circle"], progress=lambda *a: calls.append(a), **GEN)
+    assert [c for c in calls if c[1] == c[2]] == [("prior", 3, 3), ("decoder", 3, 3),
+                                                  ("up1", 2, 2)]
+
+
+# ------------------------------------------------------------------ applications
+def test_variations(pipe, image):
+    out = pipe.variations(image, n=3, eta=1.0, seed=0, **FAST)
+    z_i = pipe._embed(pipe._image(image))
+    assert torch.allclose(out["z_i"], z_i.expand(3, -1))
+    assert out["up2"].shape == (3, 3, 32, 32)
+    assert not torch.allclose(out["decoder"][0], out["decoder"][1], atol=1e-3)
+    recon = pipe.variations(image, n=2, eta=0.0, invert=True, stages="decoder", **FAST)
+    assert torch.allclose(recon["decoder"][0], recon["decoder"][1])  # η = 0: deterministic
+
+
+def test_interpolate(pipe, image):
+    g = torch.Generator().manual_seed(9)
+    other = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    out = pipe.interpolate(image, other, steps=4, seed=0, **FAST)
+    z = pipe._embed(torch.cat([pipe._image(image), pipe._image(other)]))
+    assert torch.allclose(out["z_i"][0], z[0], atol=1e-5)
+    assert torch.allclose(out["z_i"][-1], z[1], atol=1e-5)
+    assert torch.allclose(out["z_i"].norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert out["up2"].shape == (4, 3, 32, 32)
+    inverted = pipe.interpolate(image, other, steps=3, invert=True, stages="decoder", **FAST)
+    recon = pipe.variations(image, n=1, eta=0.0, invert=True, stages="decoder", **FAST)
+    assert torch.allclose(inverted["decoder"][0], recon["decoder"][0], atol=1e-4)  # batch of 2
+
+
+def test_text_diff_theta_zero_is_the_reconstruction(pipe, image):
+    out = pipe.text_diff(image, "a red circle", "a blue circle", thetas=[0.0, 0.5], seed=3, **FAST)
+    recon = pipe.variations(image, n=1, eta=0.0, invert=True, seed=3, stages="decoder", **FAST)
+    assert torch.allclose(out["decoder"][0], recon["decoder"][0], atol=1e-5)
+    assert not torch.allclose(out["decoder"][1], recon["decoder"][0], atol=1e-3)
+    z_t = pipe.clip.encode_text(["a red circle", "a blue circle"])[0]
+    z_d = F.normalize(z_t[1] - z_t[0], dim=0)
+    z_i = pipe._embed(pipe._image(image))[0]
+    assert torch.allclose(out["z_i"][1], slerp(z_i, z_d, 0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="same z_t"):
+        pipe.text_diff(image, "a red circle", "a red circle", **FAST)
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_one_file_checkpoint_round_trip(tmp_path, pipe):
+    path = tmp_path / "unclip.pt"
+    save_pipeline(path, pipe)
+    assert not (tmp_path / "unclip.pt.tmp").exists()
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["format"] == 1 and ckpt["prior"]["kind"] == "diffusion"
+    assert set(ckpt) == {"format", "clip", "tokenizer", "prior", "decoder", "upsamplers"}
+    loaded = load_pipeline(path)
+    a = pipe.generate(["a red circle"], seed=4, **GEN)
+    b = loaded.generate(["a red circle"], seed=4, **GEN)
+    assert torch.equal(a["up2"], b["up2"]) and torch.equal(a["z_i"], b["z_i"])
+    fresh = UnCLIP(*parts(seed=1))  # other weights: other images, so the check above can fail
+    assert not torch.allclose(fresh.generate(["a red circle"], seed=4, **GEN)["up2"], a["up2"])
+
+
+def test_ar_prior_and_parts_round_trip(tmp_path):
+    clip, prior, decoder, ups = parts(seed=2, ar=True)
+    save_pipeline(tmp_path / "ar.pt", clip.model, prior, decoder, ups[:1])
+    loaded = load_pipeline(tmp_path / "ar.pt")
+    assert isinstance(loaded.prior, ARPrior) and loaded.stages == ["prior", "decoder", "up1"]
+    a = UnCLIP(clip, prior, decoder, ups[:1]).generate(["a cross"], seed=1, candidates=1, **GEN)
+    b = loaded.generate(["a cross"], seed=1, candidates=1, **GEN)
+    assert torch.equal(a["up1"], b["up1"])
+
+
+def test_stage_checkpoints_folder(tmp_path, pipe):
+    save_clip(pipe.clip.model, tmp_path / "clip.pt")
+    pipe.prior.save(tmp_path / "prior.pt")
+    pipe.decoder.save(tmp_path / "decoder.pt")
+    for i, up in enumerate(pipe.upsamplers):
+        up.save(tmp_path / f"up{i + 1}.pt")
+    ckpt = torch.load(tmp_path / "decoder.pt", weights_only=True)  # resume state is ignored
+    torch.save({**ckpt, "train": {"step": 3}}, tmp_path / "decoder.pt")
+    loaded = from_stage_checkpoints(tmp_path)
+    a, b = (p.generate(["a red circle"], seed=2, **GEN) for p in (pipe, loaded))
+    assert torch.equal(a["up2"], b["up2"])
+    os.remove(tmp_path / "up1.pt")  # up2 alone does not fit the decoder's 8x8 output: unused
+    assert from_stage_checkpoints(tmp_path).stages == ["prior", "decoder"]
+    os.remove(tmp_path / "decoder.pt")
+    with pytest.raises(FileNotFoundError, match=r"needs clip\.pt and decoder\.pt \(found: clip"):
+        from_stage_checkpoints(tmp_path)
+
+
+def test_checkpoint_errors(tmp_path, pipe):
+    with pytest.raises(FileNotFoundError, match="train one with: python train_toy.py"):
+        load_pipeline(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt.*train_toy"):
+        load_pipeline(tmp_path / "corrupt.pt")
+    save_pipeline(tmp_path / "good.pt", pipe)
+    ckpt = torch.load(tmp_path / "good.pt", weights_only=True)
+    torch.save({**ckpt, "format": 2}, tmp_path / "v2.pt")
+    with pytest.raises(ValueError, match="format version 2.*reads version 1"):
+        load_pipeline(tmp_path / "v2.pt")
+    torch.save({k: v for k, v in ckpt.items() if k != "decoder"}, tmp_path / "nodec.pt")
+    with pytest.raises(ValueError, match="lacks decoder.*found: clip"):
+        load_pipeline(tmp_path / "nodec.pt")
+    wrong = {**ckpt, "decoder": {**ckpt["decoder"], "config": {**ckpt["decoder"]["config"],
+                                                                "channels": 8}}}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="decoder checkpoint does not fit"):
+        load_pipeline(tmp_path / "wrong.pt")
+
+
+# ------------------------------------------------------------------ command line
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, pipe):
+    folder = tmp_path_factory.mktemp("cli")
+    save_pipeline(folder / "unclip.pt", pipe)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "a.png")
+    Image.new("RGB", (8, 8), (30, 30, 200)).save(folder / "b.png")
+    Image.new("RGBA", (13, 7), (0, 200, 0, 128)).save(folder / "odd.png")
+    (folder / "text.png").write_text("this is not an image")
+    return folder
+
+
+def argv_for(files, *args):
+    # defaults first, so that args override them (the last occurrence of a flag wins)
+    return ["--upsampler-steps", "2", "--checkpoint", str(files / "unclip.pt"), "--prior-steps",
+            "2", "--steps", "2", "--device", "cpu", *args]
+
+
+def cli(files, capsys, *args):
+    """In-process run: (exit status, stderr)."""
+    code = unclip.main(argv_for(files, *args))
+    return code, capsys.readouterr().err
+
+
+SUBCOMMANDS = {
+    "generate": ["a red circle", "a blue square", "--n", "2"],
+    "variations": ["--variations", "a.png", "--n", "2"],
+    "interpolate": ["--interpolate", "a.png", "b.png", "--n", "3", "--invert"],
+    "text-diff": ["--text-diff", "a.png", "a red circle", "a blue circle", "--n", "2"],
+    "bad checkpoint": ["a red circle", "--checkpoint", "nope.pt"],
+}
+
+
+@pytest.fixture(scope="module")
+def processes(files):
+    """Each subcommand run as `python unclip.py ...` in its own process, all started at once
+    (most of their time is importing torch): name -> (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running = {name: subprocess.Popen(
+        [sys.executable, str(ROOT / "unclip.py"), *argv_for(files, *args), "--out", f"{name}.png"],
+        cwd=files, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, args in SUBCOMMANDS.items()}
+    results = {}
+    for name, p in running.items():
+        err = p.communicate(timeout=300)[1]
+        results[name] = p.returncode, err
+    return results
+
+
+@pytest.mark.parametrize("name", [n for n in SUBCOMMANDS if n != "bad checkpoint"])
+def test_cli_subcommands_write_a_grid(files, processes, name):
+    code, err = processes[name]
+    assert code == 0, err
+    assert "it/s" in err and "decoder step" in err and "up2 step" in err
+    grid = Image.open(files / f"{name}.png")
+    assert grid.width >= 2 * 32  # tiles of the 32x32 final stage, enlarged
+
+
+def test_cli_user_error_has_no_traceback_in_a_process(processes):
+    code, err = processes["bad checkpoint"]
+    assert code == 2 and "train one with: python train_toy.py" in err
+    assert "Traceback" not in err
+
+
+def test_cli_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        unclip.main(["--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--text-diff" in text and "examples:" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["  "], "empty caption"),
+    (["x" * 40, "--strict"], "needs 42 tokens, over the context length 24"),
+    (["--variations", "text.png"], "cannot read image"),
+    (["--variations", "nowhere.png"], "cannot read image"),
+    ([], "give a caption"),
+    (["a red circle", "--checkpoint", "missing.pt"], "train one with: python train_toy.py"),
+    (["a red circle", "--checkpoint", "text.png"], "corrupt"),
+    (["--interpolate", "a.png", "b.png", "--n", "1"], "--n must be at least 2"),
+    *([(["a red circle", "--device", "cuda"], "not available")]
+      if not torch.cuda.is_available() else []),
+])
+def test_cli_bad_input_exits_2(files, capsys, args, message, monkeypatch):
+    monkeypatch.chdir(files)
+    code, err = cli(files, capsys, *args, "--out", str(files / "bad.png"))
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_tolerated_input_notes(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    code, err = cli(files, capsys, "x" * 40, "--n", "1", "--stage", "decoder")
+    assert code == 0 and "warning:" in err and "over the context length 24" in err
+    assert "prior step 2/2" in err and "decoder step 2/2" in err and "up1" not in err
+    code, err = cli(files, capsys, "--variations", "odd.png", "--n", "1", "--stage", "decoder")
+    assert code == 0 and "mode RGBA" in err and "13x7" in err and "resized to 8x8" in err

@@ -1,0 +1,475 @@
+"""Train the whole unCLIP stack on Shapes, then measure how good it is.
+
+    python train_toy.py                        # the default run -> runs/toy/ (report.md, *.png)
+    python train_toy.py --quick                # every stage end to end in a few minutes
+    python train_toy.py --stages decoder,up1 --resume
+    python train_toy.py --decoder.channels 96 --opt_decoder.steps 8000
+    torchrun --nproc_per_node=2 train_toy.py   # DistributedDataParallel, as nanoGPT does it
+
+Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> prior -> decoder
+-> upsampler 1 -> upsampler 2; each later stage reads the frozen results of the earlier ones
+from the run folder. Every stage checkpoint is {"config", "state_dict" (EMA weights), "train"
+(raw weights, optimizer, step, loss history, RNG)} written atomically, so `--resume` continues
+a killed run and a failed run never destroys a good checkpoint. The end writes unclip.pt (the
+one-file pipeline for unclip.py) and report.json / report.md with the metrics of DESIGN.md.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import unclip
+from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP, load_clip, save_clip, train_clip
+from decoder import Decoder, DecoderConfig
+from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
+from toy_data import (
+    CIFAR10Captions,
+    Evaluator,
+    ImageFolderCaptions,
+    Shapes,
+    attribute_accuracy,
+    clip_score,
+    frechet_distance,
+    save_grid,
+    shapes_collate,
+)
+from upsample import Upsampler, UpsamplerConfig, stage_config
+
+
+@dataclass
+class Optim:
+    steps: int  # optimizer steps for the stage
+    batch: int  # examples per step (split across processes under torchrun)
+    lr: float  # peak learning rate after warmup; cosine decay to 10% of it
+    beta2: float = 0.999  # AdamW β2 ([unCLIP] Table 3: 0.999 decoder/upsamplers, 0.96 prior)
+    weight_decay: float = 0.0  # [unCLIP] Table 3: 6e-2 for the prior, none for the decoder
+    ema: float = 0.999  # EMA decay of the weights used for sampling (paper 0.9999 at 10^5+ steps)
+
+
+@dataclass
+class Sampling:
+    prior_steps: int = 64  # [unCLIP] Sec. 4: 64 prior steps
+    candidates: int = 2  # best-of-2 prior samples by dot product with z_t [unCLIP] Sec. 2.2
+    decoder_steps: int = 50  # the paper uses 250; [IDDPM] shows learned Σ keeps quality at 50
+    guidance: float = 3.0  # decoder classifier-free guidance scale [CFG]
+    up_steps: tuple[int, ...] = (27, 15)  # [unCLIP] Table 3: 27 and 15 DDIM steps
+
+
+@dataclass
+class Config:
+    out: str = "runs/toy"  # run folder: checkpoints, grids, report
+    seed: int = 0
+    device: str = "auto"  # auto = cuda, else mps, else cpu
+    stages: str = "clip,prior,decoder,up1,up2"
+    data: str = "shapes"  # or cifar10:PATH (32x32 only: no upsamplers) or folder:PATH
+    train_size: int = 10000  # scenes rendered once into memory at 32, 64 and 128 pixels
+    eval_size: int = 200  # held-out captions scored at the end
+    holdout: str = ""  # "colour shape" pairs never rendered for training, e.g. "purple triangle"
+    prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
+    log_every: int = 50
+    ckpt_every: int = 500
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
+    ar_prior: ARPriorConfig = field(default_factory=ARPriorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
+    up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
+    opt_clip: Optim = field(default_factory=lambda: Optim(steps=1500, batch=128, lr=1e-3))
+    opt_prior: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=3e-4,
+                                                           beta2=0.96, weight_decay=6e-2))
+    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=3000, batch=32, lr=2e-4))
+    opt_up1: Optim = field(default_factory=lambda: Optim(steps=1000, batch=16, lr=2e-4))
+    opt_up2: Optim = field(default_factory=lambda: Optim(steps=800, batch=8, lr=2e-4))
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+# --quick: every stage end to end in a few minutes on a 2-core CPU; rough but not noise
+QUICK = {"out": "runs/quick", "train_size": 3000, "eval_size": 48,
+         "opt_clip.steps": 400, "opt_prior.steps": 400, "opt_decoder.steps": 500,
+         "opt_up1.steps": 150, "opt_up2.steps": 100, "sampling.decoder_steps": 25}
+STAGES = ("clip", "prior", "decoder", "up1", "up2")
+
+
+# ----------------------------------------------------------------------------- config and CLI
+def _leaves(obj, prefix=""):
+    """(dotted name, owning dataclass, field) for every scalar/tuple field of a nested config."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", obj, f
+
+
+def _convert(text: str, current):
+    if isinstance(current, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(current, tuple):
+        return tuple(type(current[0] if current else 0)(v) for v in text.split(",") if v)
+    return type(current)(text)
+
+
+def set_option(cfg: Config, name: str, value) -> None:
+    for dotted, owner, f in _leaves(cfg):
+        if dotted == name:
+            current = getattr(owner, f.name)
+            setattr(owner, f.name, _convert(value, current) if isinstance(value, str) else value)
+            return
+    raise SystemExit(f"unknown option --{name}; see --help")
+
+
+def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
+    cfg = Config()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in a few minutes")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a folder with a finished run")
+    for dotted, owner, f in _leaves(cfg):
+        p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
+                       help=f"(default: {getattr(owner, f.name)})")
+    args = p.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            set_option(cfg, name, value)
+    for dotted, _, _ in list(_leaves(cfg)):
+        if (value := getattr(args, dotted)) is not None:
+            set_option(cfg, dotted, value)
+    return cfg, args
+
+
+# ----------------------------------------------------------------------------- data
+def load_data(cfg: Config, sizes: tuple[int, ...], log) -> dict:
+    """Render (or read) the training set once into memory: uint8 images per size + captions."""
+    kind, _, path = cfg.data.partition(":")
+    if kind == "shapes":
+        holdout = [tuple(p.split()) for p in cfg.holdout.split(",") if p.strip()]
+        ds = Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=holdout)
+    elif kind == "cifar10":
+        ds = CIFAR10Captions(path, train=True)
+    elif kind == "folder":
+        ds = ImageFolderCaptions(path, size=max(sizes))
+    else:
+        raise SystemExit(f"--data must be shapes, cifar10:PATH or folder:PATH, got {cfg.data!r}")
+    clock = time.perf_counter()
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
+                                         collate_fn=shapes_collate)
+    images, captions = {}, []
+    for batch in loader:
+        for s in batch["images"]:
+            images.setdefault(s, []).append(((batch["images"][s] + 1) * 127.5).round().to(torch.uint8))
+        captions += batch["caption"]
+    images = {s: torch.cat(v) for s, v in images.items()}
+    log(f"data: {len(captions)} {kind} examples at {sorted(images)} px in {time.perf_counter() - clock:.0f}s")
+    return {"images": images, "captions": captions}
+
+
+def as_float(x: torch.Tensor, device) -> torch.Tensor:
+    return x.to(device).float() / 127.5 - 1
+
+
+# ----------------------------------------------------------------------------- training
+class LossOf(nn.Module):
+    """forward = model.loss, so DistributedDataParallel sees the call and syncs gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model.loss(*args)
+
+
+def save_atomic(obj, path: Path) -> None:
+    torch.save(obj, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Config, run: dict):
+    """AdamW + warmup/cosine lr + grad clipping + EMA; returns the EMA model (eval mode).
+
+    batch_fn(step, rows) -> the arguments of model.loss for that step; it is a pure function of
+    the step, so a resumed run sees the same data as an uninterrupted one."""
+    path, device, dist = run["out"] / f"{name}.pt", run["device"], run["world"] > 1
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, betas=(0.9, opt_cfg.beta2),
+                            weight_decay=opt_cfg.weight_decay)
+    start, history = 0, []
+    if run["resume"] and path.exists():
+        ck = torch.load(path, map_location=device, weights_only=True)
+        ema.load_state_dict(ck["state_dict"])
+        model.load_state_dict(ck["train"]["model"])
+        opt.load_state_dict(ck["train"]["opt"])
+        start, history = ck["train"]["step"], ck["train"]["history"]
+        torch.set_rng_state(ck["train"]["rng"])
+        run["log"](f"{name}: resumed at step {start}/{opt_cfg.steps}")
+    net = LossOf(model)
+    if dist:
+        net = nn.parallel.DistributedDataParallel(net)
+    rows = (run["rank"], run["world"])  # this process's share of every batch
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    pending, clock, warmup = [], time.perf_counter(), min(100, opt_cfg.steps // 10 + 1)
+
+    def checkpoint(step):
+        if run["rank"] == 0:
+            save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
+                         "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                                   "history": history, "rng": torch.get_rng_state()}}, path)
+
+    for step in range(start, opt_cfg.steps):
+        # linear warmup, then cosine decay to 10% of the peak
+        progress = max(0.0, (step - warmup) / max(1, opt_cfg.steps - warmup))
+        lr = opt_cfg.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        with amp:
+            loss = net(*batch_fn(step, rows))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(opt_cfg.ema, (1 + step) / (10 + step))  # short runs: EMA warms up
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+        pending.append(loss.detach().float())
+        last = step + 1 == opt_cfg.steps
+        if (step + 1) % cfg.log_every == 0 or (step + 1) % cfg.ckpt_every == 0 or last:
+            values = torch.stack(pending).tolist()  # one host sync per log interval, not per step
+            for i, v in enumerate(values):
+                if not math.isfinite(v):
+                    raise FloatingPointError(
+                        f"{name}: loss is {v} at step {step + 2 - len(values) + i}; stopped. The last "
+                        f"good checkpoint is kept at {path}. Lower --opt_{name}.lr or resume with --resume")
+            history += values
+            rate = len(values) * opt_cfg.batch / (time.perf_counter() - clock)
+            eta = (opt_cfg.steps - step - 1) * opt_cfg.batch / rate
+            run["log"](f"{name} step {step + 1}/{opt_cfg.steps} loss {sum(values) / len(values):.4f} "
+                       f"lr {lr:.1e} {rate:.0f} ex/s eta {eta / 60:.1f} min")
+            pending, clock = [], time.perf_counter()
+            if (step + 1) % cfg.ckpt_every == 0 or last:
+                checkpoint(step + 1)
+    if start >= opt_cfg.steps:
+        run["log"](f"{name}: already trained ({start} steps), skipping")
+    return ema, history
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    cfg, args = parse_args(argv)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.device == "auto":
+        mps = torch.backends.mps.is_available()
+        cfg.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    device = torch.device(cfg.device)
+    if world > 1:  # torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+            torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    out = Path(cfg.out)
+    if (out / "report.json").exists() and not (args.resume or args.overwrite):
+        raise SystemExit(f"{out} already holds a finished run; pass --resume to continue it, "
+                         f"--overwrite to start afresh, or --out for another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and rank == 0:
+        (out / "report.json").unlink(missing_ok=True)
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+
+    def log(msg):
+        if rank == 0:
+            print(msg, flush=True)
+
+    def seed_stage(stage):  # each stage's init and RNG stream depend only on (seed, stage, rank)
+        torch.manual_seed(cfg.seed * 1000 + STAGES.index(stage) * 10 + rank)
+
+    run = {"out": out, "device": device, "rank": rank, "world": world, "resume": args.resume, "log": log}
+    times = {}
+    sizes = (cfg.clip.image_resolution, cfg.up1.high_res, cfg.up2.high_res)
+    data = load_data(cfg, sizes if cfg.data == "shapes" else sizes[:1], log)
+    n = len(data["captions"])
+    tokenizer = ByteTokenizer(cfg.clip.context_length)
+
+    def rows_of(step, batch, rows, stage):
+        """This process's example indices for a step: a pure function of (seed, stage, step)."""
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + STAGES.index(stage) * 100_003 + step)
+        idx = torch.randint(0, n, (batch,), generator=g)
+        return idx[rows[0]::rows[1]]
+
+    # stage 0: CLIP, trained contrastively, then frozen for every later stage [CLIP]
+    if "clip" in stages and not (args.resume and (out / "clip.pt").exists()):
+        clock = time.perf_counter()
+        seed_stage("clip")
+        model = CLIP(cfg.clip).to(device)
+        oc = cfg.opt_clip
+        batches = ((as_float(data["images"][sizes[0]][i], device), [data["captions"][j] for j in i])
+                   for i in (rows_of(s, oc.batch, (0, 1), "clip") for s in range(oc.steps)))
+        train_clip(model, tokenizer, batches, oc.steps, lr=oc.lr, device=device,
+                   log_every=cfg.log_every, log=log)
+        if rank == 0:
+            save_clip(model, out / "clip.pt")
+        times["clip"] = time.perf_counter() - clock
+    clip = FrozenCLIP(load_clip(out / "clip.pt", map_location=device), tokenizer)
+    # the true z_i of every training image: the prior's target and the decoder's input
+    z_bank = torch.cat([clip.encode_image(as_float(x, device))
+                        for x in data["images"][sizes[0]].split(512)])
+
+    def text_of(idx):
+        return [data["captions"][j] for j in idx]
+
+    # stage 1: the prior P(z_i | y) [unCLIP] Sec. 2.2
+    prior_cls, prior_cfg = ((DiffusionPrior, cfg.prior) if cfg.prior_kind == "diffusion"
+                            else (ARPrior, cfg.ar_prior))
+    prior_cfg.clip_dim, prior_cfg.text_width = clip.embed_dim, clip.text_width
+    prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
+    if "prior" in stages:
+        clock = time.perf_counter()
+        seed_stage("prior")
+        prior = prior_cls(prior_cfg).to(device)
+        if cfg.prior_kind == "ar":  # PCA basis and bucket edges from the training embeddings
+            z_t_bank = torch.cat([clip.encode_text(text_of(range(i, min(i + 512, n))))[0]
+                                  for i in range(0, n, 512)])
+            log(f"ar prior: PCA keeps {prior.fit_codebook(z_bank, z_t_bank):.4f} of the z_i variance")
+
+        def prior_batch(step, rows):
+            idx = rows_of(step, cfg.opt_prior.batch, rows, "prior")
+            z_t, states, mask = clip.encode_text(text_of(idx))
+            return z_bank[idx], z_t, states, mask
+
+        prior, _ = train_stage(prior_name, prior, prior_batch, cfg.opt_prior, cfg, run)
+        times["prior"] = time.perf_counter() - clock
+
+    # stage 2: the decoder P(x | z_i, y), trained on the TRUE z_i of its target image [unCLIP] Sec. 2.1
+    cfg.decoder.clip_dim, cfg.decoder.image_size = clip.embed_dim, sizes[0]
+    cfg.decoder.vocab_size, cfg.decoder.context_length = clip.vocab_size, clip.context_length
+    if "decoder" in stages:
+        clock = time.perf_counter()
+
+        def decoder_batch(step, rows):
+            idx = rows_of(step, cfg.opt_decoder.batch, rows, "decoder")
+            tokens, mask = clip.tokenize(text_of(idx))
+            return as_float(data["images"][sizes[0]][idx], device), z_bank[idx], tokens, mask
+
+        seed_stage("decoder")
+        train_stage("decoder", Decoder(cfg.decoder).to(device), decoder_batch, cfg.opt_decoder, cfg, run)
+        times["decoder"] = time.perf_counter() - clock
+
+    # stages 3-4: the upsamplers, on random crops of the high-resolution images [unCLIP] Sec. 2.1
+    for name, up_cfg, size in (("up1", cfg.up1, sizes[1]), ("up2", cfg.up2, sizes[2])):
+        if name in stages and size in data["images"]:
+            clock = time.perf_counter()
+            oc = getattr(cfg, f"opt_{name}")
+
+            def up_batch(step, rows, name=name, size=size, oc=oc):
+                return (as_float(data["images"][size][rows_of(step, oc.batch, rows, name)], device),)
+
+            seed_stage(name)
+            train_stage(name, Upsampler(up_cfg).to(device), up_batch, oc, cfg, run)
+            times[name] = time.perf_counter() - clock
+        elif name in stages:
+            log(f"{name}: skipped, the data has no {size}x{size} images")
+
+    if world > 1:
+        torch.distributed.barrier()
+    report = {}
+    needed = [out / f"{prior_name}.pt", out / "decoder.pt"]
+    if rank == 0 and not all(p.exists() for p in needed):
+        log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
+    elif rank == 0:
+        pipe = unclip.from_stage_checkpoints(out, device=device)
+        unclip.save_pipeline(out / "unclip.pt", pipe)
+        clock = time.perf_counter()
+        report = evaluate(cfg, pipe, clip, z_bank, data, out, log)
+        times["eval"] = time.perf_counter() - clock
+        report["seconds"] = {k: round(v, 1) for k, v in times.items()}
+        report["config"] = asdict(cfg)
+        write_report(report, out, log)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return report
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) -> dict:
+    """The metrics of DESIGN.md on held-out scenes: attribute accuracy of generated images
+    (Shapes evaluator), CLIP score, FD_CLIP against real renders, and the prior's cosine."""
+    s = cfg.sampling
+    shapes = cfg.data == "shapes"
+    if shapes:  # another seed: scenes and captions the training never saw
+        res = cfg.clip.image_resolution
+        held = Shapes(cfg.eval_size, sizes=(res,), seed=cfg.seed + 7919)
+        held = shapes_collate([held[i] for i in range(cfg.eval_size)])
+        captions, named, real = held["caption"], held["named"], held["images"][res]
+    else:
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(data["captions"]), generator=g)[:cfg.eval_size]
+        captions = [data["captions"][i] for i in idx]
+        real = as_float(data["images"][cfg.clip.image_resolution][idx], "cpu")
+    result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
+                           decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
+                           upsampler_steps=list(s.up_steps))
+    images = result["images"]
+    small, large = images[0], images[-1]
+    z_t = clip.encode_text(captions)[0]
+    z_gen, z_real = clip.encode_image(small), clip.encode_image(real.to(clip.device))
+    report = {"n": len(captions), "clip_score": clip_score(z_gen, z_t),
+              "clip_score_real": clip_score(z_real, z_t), "fd_clip": frechet_distance(z_gen, z_real)}
+    # the prior against the true z_i of each caption's image and two baselines [unCLIP] Sec. 5.1
+    z_hat = result["z_i"]
+    cos = lambda a: F.cosine_similarity(a, z_real).mean().item()
+    report["prior_cosine"] = {"prior": cos(z_hat), "z_t as z_i": cos(z_t),
+                              "mean z_i": cos(z_bank.mean(0, keepdim=True))}
+    if shapes:
+        ev = Evaluator()
+        for size, x in ((small.shape[-1], small), (large.shape[-1], large)):
+            report[f"accuracy_{size}"] = attribute_accuracy(ev.read(x.cpu()), named)
+        nearest = (z_hat @ z_bank.T).argmax(1).cpu()  # retrieval: the real image closest to ẑ_i
+        retrieved = as_float(data["images"][cfg.clip.image_resolution][nearest], "cpu")
+        report["prior_retrieval"] = attribute_accuracy(ev.read(retrieved), named)
+    for x in images:
+        save_grid(x[:32].cpu(), captions[:32], out / f"samples_{x.shape[-1]}.png", ncol=8)
+    return report
+
+
+def write_report(report: dict, out: Path, log) -> None:
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in report.items():
+        if key == "config":
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                v = v["acc"] if isinstance(v, dict) and "acc" in v else v
+                lines.append(f"| {key} {k} | {v:.3f} |" if isinstance(v, float) else f"| {key} {k} | {v} |")
+        else:
+            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    table = "\n".join(lines)
+    save_atomic_text(out / "report.md", f"# tinyunclip toy run\n\n{table}\n")
+    save_atomic_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    log(table)
+
+
+def save_atomic_text(path: Path, text: str) -> None:
+    Path(f"{path}.tmp").write_text(text)
+    os.replace(f"{path}.tmp", path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,561 @@
+"""unCLIP [unCLIP]: the whole system of the paper, its applications, one-file checkpoints, a CLI.
+
+A frozen CLIP reads the caption y; a prior P(z_i | y) proposes a CLIP image embedding; the decoder
+P(x | z_i, y) draws a small image; zero, one or two upsamplers enlarge it ([unCLIP] Fig. 2). This
+file only composes the modules below it: the math lives there.
+
+Symbols
+    y          a caption; tokens [B, L] int64 and mask [B, L] bool from the CLIP tokenizer
+    z_t, z_i   unit-norm CLIP text and image embeddings [B, D]
+    z_d        a text diff, norm(z_t(new caption) - z_t(old caption))  [unCLIP] Sec. 3.3
+    x_T        the decoder's starting noise [B, 3, S, S]: drawn, fixed, or DDIM-inverted
+    θ          slerp fraction in [0, 1];  n  images per caption (or per input image)
+Stages in cascade order: "prior" (z_i), "decoder" (S x S), "up1" (2S), "up2" (4S).
+
+Seeds: image j of caption k is drawn with its own torch.Generator, seeded seed + 10000 k + j and
+kept on the CPU, threaded through prior, decoder and upsamplers (diffusion.py draws row b's noise
+from generator b). So a seed gives the same images whatever the device, and a caption's images
+do not depend on the other captions in the batch, which is still sampled as one batch.
+"""
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
+from decoder import Decoder, DecoderConfig
+from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
+from toy_data import save_grid
+from upsample import Upsampler, UpsamplerConfig
+
+FORMAT = 1  # layout version of the one-file checkpoint; bump it when the layout changes
+HINT = "train one with: python train_toy.py"
+STAGES = ("prior", "decoder", "up1", "up2")
+PRIORS = {"diffusion": (DiffusionPrior, DiffusionPriorConfig), "ar": (ARPrior, ARPriorConfig)}
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
+    """Spherical interpolation, row by row: a, b [B, ...] (B may be 1), θ a float or [K] -> rows
+    sin((1-θ)Ω)/sin Ω · a + sin(θΩ)/sin Ω · b with cos Ω = â·b̂ ([unCLIP] Sec. 3.2, Shoemake 1985).
+    Unit a, b give a unit result at angle θΩ from a. Where sin Ω ≈ 0 (parallel vectors, or
+    anti-parallel ones, whose great circle is undefined) it is lerp, the parallel limit."""
+    if a.dim() == 1:  # one vector [D]: a row of one
+        out = slerp(a[None], b[None], theta)
+        return out[0] if torch.as_tensor(theta).dim() == 0 else out
+    a2, b2 = a.flatten(1).double(), b.flatten(1).double()  # [B, N]; float64 keeps acos accurate
+    theta = torch.as_tensor(theta, dtype=torch.float64, device=a.device).reshape(-1, 1)  # [K, 1]
+    omega = torch.acos((F.normalize(a2, dim=1) * F.normalize(b2, dim=1)).sum(1, keepdim=True)
+                       .clamp(-1, 1))  # [B, 1]
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-7
+    sin = torch.where(parallel, torch.ones_like(sin), sin)
+    w_a = torch.where(parallel, 1 - theta, torch.sin((1 - theta) * omega) / sin)
+    w_b = torch.where(parallel, theta, torch.sin(theta * omega) / sin)
+    return (w_a * a2 + w_b * b2).to(a.dtype).reshape(-1, *a.shape[1:])
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """[B, 3, H, W] in [-1, 1] -> B RGB PIL images (8 bits per channel)."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
+def _cfg(model):
+    """The config dataclass: the project's models keep it as .cfg, CLIP as .config (OpenAI's
+    naming, which clip_frozen.py mirrors)."""
+    return getattr(model, "cfg", None) or model.config
+
+
+def _merge(parts: list) -> dict:
+    """Concatenate per-caption outputs; "images" lists the image tensors in cascade order."""
+    out = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out["images"] = [out[s] for s in STAGES[1:] if s in out]
+    return out
+
+
+class UnCLIP:
+    """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free
+    baselines and the image applications run); decoder: Decoder; upsamplers: 0-2 Upsamplers,
+    each taking the previous stage's output size."""
+
+    def __init__(self, clip: FrozenCLIP, prior, decoder: Decoder, upsamplers=()):
+        self.clip, self.prior, self.decoder = clip, prior, decoder
+        self.upsamplers = list(upsamplers)
+        self.image_size = size = decoder.cfg.image_size  # S
+        for i, up in enumerate(self.upsamplers):
+            if _cfg(up).low_res != size:
+                raise ValueError(f"up{i + 1} takes {_cfg(up).low_res}x{_cfg(up).low_res} images "
+                                 f"but the stage before it makes {size}x{size}; {HINT}")
+            size = _cfg(up).high_res
+        for m in (prior, decoder):
+            if m is not None and m.cfg.clip_dim != clip.embed_dim:
+                raise ValueError(f"{type(m).__name__} expects z_i of size {m.cfg.clip_dim}, the "
+                                 f"CLIP makes {clip.embed_dim}: stages of different runs; {HINT}")
+        self.models = [m.eval() for m in (prior, decoder, *self.upsamplers) if m is not None]
+
+    @property
+    def stages(self) -> list:
+        """The stage names this pipeline holds."""
+        have = ["prior"] if self.prior is not None else []
+        return have + ["decoder"] + [f"up{i + 1}" for i in range(len(self.upsamplers))]
+
+    def to(self, device) -> "UnCLIP":
+        self.clip.to(device)
+        for m in self.models:
+            m.to(device)
+        return self
+
+    # ------------------------------------------------------------------ the cascade
+    def _last(self, stages: str) -> int:
+        """'all' or a stage name -> the index in STAGES of the last stage to run."""
+        if stages == "all":
+            return STAGES.index(self.stages[-1])
+        if stages not in STAGES:
+            raise ValueError(f"stages must be 'all' or one of {STAGES}, got {stages!r}")
+        if stages.startswith("up") and int(stages[2:]) > len(self.upsamplers):
+            raise ValueError(f"stage {stages!r} needs an upsampler this pipeline lacks (it has "
+                             f"{', '.join(self.stages)}); {HINT}")
+        return STAGES.index(stages)
+
+    def _sample_prior(self, z_t, states, mask, steps, guidance, candidates, generators, progress):
+        """z_i [n, D] for n caption rows, row r drawn with generators[r]; a forward hook reports
+        each network call as a step."""
+        ar = isinstance(self.prior, ARPrior)
+        total, calls = (self.prior.cfg.pca_dims + 1) if ar else steps, []
+
+        def tick(*_):  # returns None: a forward hook's return value would replace the output
+            calls.append(1)
+            if progress:
+                progress("prior", len(calls) if not ar else min(len(calls), total), total)
+
+        hook = self.prior.register_forward_hook(tick)
+        try:
+            if not ar:  # the k candidates of row r draw from generators[r] one after the other
+                gens = [g for g in generators for _ in range(candidates)]
+                return self.prior.sample(z_t, states, mask, steps=steps, guidance_scale=guidance,
+                                         candidates=candidates, generator=gens)
+            rows = []  # token-by-token sampling takes one generator: one row at a time
+            for r, g in enumerate(generators):
+                if z_t.device.type != "cpu":  # torch.multinomial wants a generator on its device
+                    g = torch.Generator(z_t.device).manual_seed(g.initial_seed())
+                rows.append(self.prior.sample(z_t[r:r + 1], states[r:r + 1], mask[r:r + 1],
+                                              guidance_scale=guidance, candidates=candidates,
+                                              generator=g))
+            return torch.cat(rows)
+        finally:
+            hook.remove()
+
+    def _decode(self, z_i, generator, noise=None, eta=None, tokens=None, mask=None,
+                fixed_noise=False, decoder_steps=50, decoder_guidance=3.0, upsampler_steps=None,
+                stages="all", progress=None) -> dict:
+        """z_i [n, D] (or None, with tokens) -> {"decoder": [n, 3, S, S], "up1": ..., ...} up to
+        `stages`. fixed_noise: one upsampler x_T shared by the n rows (frames of an edit)."""
+        last, out = self._last(stages), {}
+
+        def report(stage):  # the sampler's progress(i, n) -> progress(stage, i, n)
+            return (lambda i, k: progress(stage, i, k)) if progress else None
+
+        ups = self.upsamplers[:max(0, last - 1)]
+        steps = upsampler_steps
+        steps = steps if isinstance(steps, list | tuple) else [steps] * len(self.upsamplers)
+        if len(steps) < len(ups):
+            raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
+        if last == 0:
+            return out
+        x = out["decoder"] = self.decoder.sample(
+            z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
+            noise=noise, generator=generator, progress=report("decoder")).clamp(-1, 1)
+        for i, up in enumerate(ups):
+            H = _cfg(up).high_res
+            up_noise = (torch.randn((1, 3, H, H), generator=generator).expand(len(x), -1, -1, -1)
+                        if fixed_noise else None)
+            x = out[f"up{i + 1}"] = up.sample(x, steps=steps[i], noise=up_noise,
+                                              generator=generator, progress=report(f"up{i + 1}"))
+        return out
+
+    # ------------------------------------------------------------------ text -> image
+    @torch.no_grad()
+    def generate(self, captions, images_per_caption=1, seed=0, prior_steps=64, prior_guidance=1.0,
+                 candidates=2, decoder_steps=50, decoder_guidance=3.0, eta=None,
+                 upsampler_steps=None, stages="all", embedding="prior", progress=None) -> dict:
+        """Text -> images [unCLIP] Sec. 2: z_i ~ prior(y), x ~ decoder(z_i, y), then upsamplers.
+
+        Returns {"z_i": [B n, D], "decoder": [B n, 3, S, S], "up1": ..., "images": [the image
+        tensors in cascade order]}, rows k n ... k n + n - 1 for caption k, up to `stages`
+        ("all", "prior", "decoder", "up1", "up2"). eta: the decoder's sampler (None ancestral,
+        float DDIM); upsampler_steps: None (each config's own), an int, or one per upsampler.
+        embedding: "prior", or a prior-free baseline of [unCLIP] Sec. 5.1: "text" decodes z_t as
+        if it were z_i (zero-shot), "none" decodes from the caption alone.
+        progress(stage, step, steps) is called after every network step."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if embedding not in ("prior", "text", "none"):
+            raise ValueError(f"embedding must be 'prior', 'text' or 'none', got {embedding!r}")
+        if embedding == "prior" and self.prior is None:
+            raise ValueError(f"this pipeline has no prior (it has {', '.join(self.stages)}); use "
+                             f"embedding 'text' or 'none', or {HINT}")
+        self._last(stages)  # a bad stage fails before any sampling
+        z_t, states, mask = self.clip.encode_text(captions)
+        tokens, token_mask = self.clip.tokenize(captions)
+        n = images_per_caption  # caption k fills rows k n ... k n + n - 1
+        z_t, states, mask, tokens, token_mask = (
+            v.repeat_interleave(n, 0) for v in (z_t, states, mask, tokens, token_mask))
+        # one generator per image, seeded by (seed, caption k, image j): an image's noise does
+        # not depend on the rest of the batch, so batched and one-by-one generation agree
+        generators = [torch.Generator().manual_seed(seed + 10_000 * k + j)
+                      for k in range(len(captions)) for j in range(n)]
+        z_i = z_t if embedding == "text" else None
+        if embedding == "prior":
+            z_i = self._sample_prior(z_t, states, mask, prior_steps, prior_guidance, candidates,
+                                     generators, progress)
+        caption = None, None
+        if self.decoder.cfg.text_layers:  # trailing padding cut: the caption encoder is causal
+            length = int(token_mask.sum(1).max())
+            caption = tokens[:, :length], token_mask[:, :length]
+        return _merge([{"z_i": z_i, **self._decode(
+            z_i, generators, None, eta, *caption, decoder_steps=decoder_steps,
+            decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
+            stages=stages, progress=progress)}])
+
+    # ------------------------------------------------------------------ image applications
+    def _image(self, image) -> torch.Tensor:
+        """A [3, H, W] or [1, 3, H, W] tensor in [-1, 1] (see read_image) -> [1, 3, S, S]."""
+        x = torch.as_tensor(image, dtype=torch.float32)
+        x = x[None] if x.dim() == 3 else x
+        if x.dim() != 4 or tuple(x.shape[:2]) != (1, 3):
+            raise ValueError(f"expected one image [3, H, W] or [1, 3, H, W], got {tuple(x.shape)}")
+        S = self.image_size
+        if x.shape[-2:] != (S, S):
+            x = F.interpolate(x, size=(S, S), mode="bicubic", antialias=True).clamp(-1, 1)
+        return x.to(self.clip.device)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] -> z_i [B, D]; the toy CLIP takes only its own resolution."""
+        R = self.clip.model.config.image_resolution
+        if self.clip.kind == "toy" and x.shape[-1] != R:
+            x = F.interpolate(x, size=(R, R), mode="bicubic", antialias=True).clamp(-1, 1)
+        return self.clip.encode_image(x)
+
+    def _invert(self, x, z_i, decoder_steps=50, decoder_guidance=3.0, **_):
+        """x_T by DDIM inversion [DDIM] Sec. 4.3, with the steps and guidance of the decoding
+        that follows, so that decoding it with η = 0 reconstructs x."""
+        return self.decoder.invert(x, z_i, None, None, steps=decoder_steps,
+                                   guidance_scale=decoder_guidance)
+
+    @torch.no_grad()
+    def variations(self, image, n=4, eta=1.0, seed=0, invert=False, **options) -> dict:
+        """[unCLIP] Sec. 3.1: decode the image's own z_i n times. DDIM with η > 0 gives variations
+        that keep what CLIP encodes; invert=True starts from the DDIM-inverted x_T, so η = 0
+        reconstructs the image. options: decoder_steps, decoder_guidance, upsampler_steps,
+        stages, progress (as in generate). Returns generate's dict."""
+        x = self._image(image)
+        z_i = self._embed(x).expand(n, -1)  # [n, D]
+        noise = self._invert(x, z_i[:1], **options).expand(n, -1, -1, -1) if invert else None
+        generator = torch.Generator().manual_seed(seed)
+        return _merge([{"z_i": z_i, **self._decode(z_i, generator, noise, eta, **options)}])
+
+    @torch.no_grad()
+    def interpolate(self, image_a, image_b, steps=5, seed=0, invert=False, **options) -> dict:
+        """[unCLIP] Sec. 3.2: frames decode z_θ = slerp(z_a, z_b, θ), θ evenly spaced in [0, 1],
+        with DDIM η = 0 from one x_T: a random one, the same for every frame, or with invert=True
+        slerp(x_T(a), x_T(b), θ) of the DDIM-inverted latents, so the end frames reconstruct."""
+        if steps < 2:
+            raise ValueError(f"an interpolation needs at least 2 frames, got steps={steps}")
+        x = torch.cat([self._image(image_a), self._image(image_b)])  # [2, 3, S, S]
+        z = self._embed(x)  # [2, D]
+        theta = torch.linspace(0, 1, steps)
+        z_theta = slerp(z[:1], z[1:], theta)  # [steps, D]
+        generator = torch.Generator().manual_seed(seed)
+        if invert:
+            x_T = self._invert(x, z, **options)
+            noise = slerp(x_T[:1], x_T[1:], theta)  # [steps, 3, S, S]
+        else:
+            noise = torch.randn((1, *x.shape[1:]), generator=generator).expand(steps, -1, -1, -1)
+        return _merge([{"z_i": z_theta, **self._decode(z_theta, generator, noise, 0.0,
+                                                        fixed_noise=True, **options)}])
+
+    @torch.no_grad()
+    def text_diff(self, image, old_caption, new_caption, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+                  seed=0, **options) -> dict:
+        """[unCLIP] Sec. 3.3: z_d = norm(z_t(new) - z_t(old)); frame θ decodes slerp(z_i, z_d, θ)
+        with DDIM η = 0 from the image's DDIM-inverted x_T, fixed across frames, so θ = 0
+        reconstructs the image. The seed fixes the upsamplers' noise."""
+        x = self._image(image)
+        z_i = self._embed(x)  # [1, D]
+        z_t = self.clip.encode_text([old_caption, new_caption])[0]  # [2, D]
+        if (z_t[1] - z_t[0]).norm() < 1e-6:
+            raise ValueError(f"{old_caption!r} and {new_caption!r} have the same z_t: a text diff "
+                             "needs two captions that CLIP tells apart")
+        z_d = F.normalize(z_t[1:] - z_t[:1], dim=-1)
+        z_theta = slerp(z_i, z_d, torch.as_tensor(thetas))  # [K, D]
+        noise = self._invert(x, z_i, **options).expand(len(z_theta), -1, -1, -1)
+        generator = torch.Generator().manual_seed(seed)
+        return _merge([{"z_i": z_theta, **self._decode(z_theta, generator, noise, 0.0,
+                                                        fixed_noise=True, **options)}])
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _entry(model, **extra) -> dict:
+    return {"config": asdict(_cfg(model)), "state_dict": model.state_dict(), **extra}
+
+
+def save_pipeline(path, clip, prior=None, decoder=None, upsamplers=()) -> None:
+    """One file with every stage: save_pipeline(path, pipe) with an UnCLIP, or the parts (clip a
+    FrozenCLIP, or a CLIP trained with ByteTokenizer). Layout: {"format": 1, "clip", "tokenizer",
+    "prior" (with "kind": "diffusion" | "ar"; absent if None), "decoder", "upsamplers": [...]},
+    each model a {"config", "state_dict"}. Written to path.tmp, then renamed (atomic)."""
+    if isinstance(clip, UnCLIP):
+        clip, prior, decoder, upsamplers = clip.clip, clip.prior, clip.decoder, clip.upsamplers
+    if isinstance(clip, CLIP):  # a bare toy CLIP: the byte tokenizer of its context length
+        model, tokenizer, kind = clip, ByteTokenizer(clip.config.context_length), "toy"
+    else:
+        model, tokenizer, kind = clip.model, clip.tokenizer, clip.kind
+    if decoder is None or not isinstance(tokenizer, ByteTokenizer):
+        raise ValueError("save_pipeline needs a decoder, and a CLIP with the ByteTokenizer")
+    ckpt = {"format": FORMAT, "clip": _entry(model, kind=kind),
+            "tokenizer": {"kind": "byte", "context_length": tokenizer.context_length,
+                          "truncate": tokenizer.truncate},
+            "decoder": _entry(decoder), "upsamplers": [_entry(up) for up in upsamplers]}
+    if prior is not None:
+        ckpt["prior"] = _entry(prior, kind="ar" if isinstance(prior, ARPrior) else "diffusion")
+    torch.save(ckpt, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def _read(path) -> dict:
+    """torch.load(weights_only=True): loading never runs pickled code; errors say what was found."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; {HINT}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or not written by torch.save
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"cannot read {path}: it is corrupt, truncated or not a torch checkpoint "
+                         f"({reason}); {HINT}") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict; {HINT}")
+    return ckpt
+
+
+def _build(cls, config_cls, entry, what: str, where):
+    """A module from {"config", "state_dict"} (other keys ignored); a mismatch names the file."""
+    if not isinstance(entry, dict) or not {"config", "state_dict"} <= entry.keys():
+        found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ValueError(f"{where}: the {what} entry holds {found}, not config and state_dict; "
+                         f"{HINT}")
+    try:
+        module = cls(config_cls(**entry["config"]))
+        module.load_state_dict(entry["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{where}: the {what} checkpoint does not fit this code's {cls.__name__} "
+                         f"({str(e)[:300]}); {HINT}") from None
+    return module
+
+
+def _assemble(ckpt: dict, where, device) -> UnCLIP:
+    """An UnCLIP from the one-file layout of save_pipeline, on `device`."""
+    if "format" not in ckpt:
+        hint = " (one stage's file? pass the folder that holds them)" if "config" in ckpt else ""
+        raise ValueError(f"{where} is not a tinyunclip pipeline file: it has keys {sorted(ckpt)}"
+                         f"{hint}; {HINT}")
+    if ckpt["format"] != FORMAT:
+        raise ValueError(f"{where} has pipeline format version {ckpt['format']!r}; this unclip.py "
+                         f"reads version {FORMAT}. Use the unclip.py that wrote it, or {HINT}")
+    missing = [k for k in ("clip", "tokenizer", "decoder") if ckpt.get(k) is None]
+    prior = ckpt.get("prior")
+    kind = prior.get("kind", "diffusion") if isinstance(prior, dict) else "diffusion"
+    if missing or ckpt["tokenizer"].get("kind") != "byte" or kind not in PRIORS:
+        raise ValueError(f"{where} lacks {', '.join(missing) or 'a byte tokenizer'} or has an "
+                         f"unknown prior kind {kind!r} (found: {', '.join(sorted(ckpt))}); {HINT}")
+    model = _build(CLIP, CLIPConfig, ckpt["clip"], "clip", where)
+    tokenizer = ckpt["tokenizer"]
+    tokenizer = ByteTokenizer(tokenizer["context_length"] or model.config.context_length,
+                              tokenizer["truncate"])
+    if prior is not None:
+        prior = _build(*PRIORS[kind], prior, f"{kind} prior", where)
+    decoder = _build(Decoder, DecoderConfig, ckpt["decoder"], "decoder", where)
+    ups = [_build(Upsampler, UpsamplerConfig, entry, f"up{i + 1}", where)
+           for i, entry in enumerate(ckpt.get("upsamplers", []))]
+    clip = FrozenCLIP(model, tokenizer, kind=ckpt["clip"].get("kind", "toy"))
+    return UnCLIP(clip, prior, decoder, ups).to(device)
+
+
+def load_pipeline(path, device="cpu") -> UnCLIP:
+    """The UnCLIP in a save_pipeline file, on `device`."""
+    return _assemble(_read(path), path, device)
+
+
+def from_stage_checkpoints(folder, device="cpu") -> UnCLIP:
+    """The UnCLIP from the per-stage files train_toy.py writes: clip.pt and decoder.pt (needed),
+    prior.pt or ar_prior.pt, up1.pt, up2.pt (used when present). Each holds {"config",
+    "state_dict"}; other keys (resume state) are ignored. The CLIP gets the byte tokenizer."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no folder {folder}; {HINT}")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    if not {"clip.pt", "decoder.pt"} <= set(files):
+        raise FileNotFoundError(f"{folder} needs clip.pt and decoder.pt (found: "
+                                f"{', '.join(files) or 'no .pt files'}); {HINT}")
+    read = lambda name: _read(os.path.join(folder, name))  # noqa: E731
+    prior = ({**read("prior.pt"), "kind": "diffusion"} if "prior.pt" in files else
+             {**read("ar_prior.pt"), "kind": "ar"} if "ar_prior.pt" in files else None)
+    ups = [read(name) for name in ("up1.pt", "up2.pt") if name in files and "up1.pt" in files]
+    return _assemble({"format": FORMAT, "clip": read("clip.pt"), "decoder": read("decoder.pt"),
+                      "tokenizer": {"kind": "byte", "context_length": None, "truncate": True},
+                      "prior": prior, "upsamplers": ups}, folder, device)
+
+
+# ---------------------------------------------------------------------- command line
+EXAMPLES = """examples:
+  python unclip.py "a red circle in the top left" --checkpoint runs/toy/unclip.pt --n 8
+  python unclip.py "a green square" "a large blue cross" --seed 1 --guidance 5 --stage decoder
+  python unclip.py "a yellow triangle" --checkpoint runs/toy   # the per-stage files of train_toy.py
+  python unclip.py "a red circle" --embedding text             # zero-shot: decode z_t, no prior
+  python unclip.py --variations photo.png --n 6 --out variations.png
+  python unclip.py --interpolate a.png b.png --n 8 --invert --out interpolation.png
+  python unclip.py --text-diff a.png "a red circle" "a blue circle" --n 6 --out diff.png
+A user error (bad caption, image or checkpoint) prints a message and exits with status 2."""
+
+
+def check_caption(caption: str, tokenizer, strict: bool) -> None:
+    """Empty: an error. Longer than the context: a warning (the tokenizer truncates), or with
+    strict an error."""
+    if not caption.strip():
+        raise ValueError('empty caption: give some text, e.g. "a red circle in the top left"')
+    needed, L = len(tokenizer.encode(caption)) + 2, tokenizer.context_length  # + start, end
+    if needed > L:
+        message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
+        if strict:
+            raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
+        print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
+
+
+def read_image(path: str, size: int) -> torch.Tensor:
+    """Any readable image -> [1, 3, size, size] in [-1, 1]: converted to RGB, center-cropped to
+    a square and resized, each change noted on stderr."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    notes, (w, h), side = [], image.size, min(image.size)
+    if image.mode != "RGB":
+        notes.append(f"converted from mode {image.mode} to RGB")
+        image = image.convert("RGB")
+    if w != h:
+        image = image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+        notes.append(f"center-cropped {w}x{h} to {side}x{side}")
+    if side != size:
+        image = image.resize((size, size), Image.BICUBIC)
+        notes.append(f"resized to {size}x{size}, the decoder's resolution")
+    if notes:
+        print(f"note: {path}: {'; '.join(notes)}", file=sys.stderr)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1  # [size, size, 3]
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def progress_printer(stream=None):
+    """progress(stage, step, steps) printing about four lines per stage, with its rate, to
+    stream (default: sys.stderr at the time of printing)."""
+    clock = {"last": time.perf_counter()}
+
+    def progress(stage, i, n):
+        now = time.perf_counter()
+        if i == 1:  # a stage begins where the previous report ended
+            clock["start"] = clock["last"]
+        clock["last"] = now
+        if i == n or i % max(1, n // 4) == 0:
+            rate = i / max(now - clock["start"], 1e-9)
+            print(f"{stage} step {i}/{n} {rate:.1f} it/s", file=stream or sys.stderr, flush=True)
+    return progress
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Sample unCLIP: text -> image, and the applications "
+                                "of [unCLIP] Sec. 3.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("captions", nargs="*", help="caption(s) to draw, one grid row each")
+    p.add_argument("--checkpoint", default="runs/toy/unclip.pt",
+                   help="unclip.pt, or a folder of per-stage files (default: %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--variations", metavar="IMAGE", help="variations of an image (Sec. 3.1)")
+    mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="A to B (Sec. 3.2)")
+    mode.add_argument("--text-diff", nargs=3, metavar=("IMAGE", "OLD", "NEW"),
+                      help="move IMAGE along z_t(NEW) - z_t(OLD), θ from 0 to 0.5 (Sec. 3.3)")
+    p.add_argument("--n", type=int, default=8, help="images per caption, or frames (default 8)")
+    p.add_argument("--out", default="out.png", help="grid PNG to write (default out.png)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="image j of caption k uses seed + 10000 k + j (default 0)")
+    p.add_argument("--prior-steps", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50, help="decoder steps (default 50)")
+    p.add_argument("--upsampler-steps", type=int, nargs="+", help="one value, or one per stage")
+    p.add_argument("--guidance", type=float, default=3.0, help="decoder guidance (default 3)")
+    p.add_argument("--eta", type=float, help="decoder DDIM η (default ancestral; variations 1)")
+    p.add_argument("--stage", default="all", choices=("all", *STAGES[1:]), help="last stage to run")
+    p.add_argument("--embedding", default="prior", choices=("prior", "text", "none"),
+                   help="z_i from the prior, z_t itself (zero-shot), or none (caption only)")
+    p.add_argument("--invert", action="store_true", help="start from DDIM-inverted x_T")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--strict", action="store_true", help="an over-long caption is an error")
+    args = p.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:  # user errors: a message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args) -> None:
+    """The CLI's work, given parsed args; a user error raises ValueError or OSError."""
+    if args.n < (2 if args.interpolate else 1):
+        raise ValueError(f"--n must be at least {2 if args.interpolate else 1}, got {args.n}")
+    if args.captions and (args.variations or args.interpolate or args.text_diff):
+        raise ValueError("captions are not used with --variations, --interpolate or --text-diff")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    device = {"auto": "cuda" if cuda else "mps" if mps else "cpu"}.get(args.device, args.device)
+    if (device == "cuda" and not cuda) or (device == "mps" and not mps):
+        raise ValueError(f"--device {device} is not available here; use cpu or auto")
+    load = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
+    pipe, n, steps = load(args.checkpoint, device), args.n, args.upsampler_steps
+    S = pipe.image_size  # input images are brought to the decoder's size
+    options = dict(decoder_steps=args.steps, decoder_guidance=args.guidance, stages=args.stage,
+                   upsampler_steps=steps[0] if steps and len(steps) == 1 else steps,
+                   progress=progress_printer())
+    for caption in args.captions + (args.text_diff[1:] if args.text_diff else []):
+        check_caption(caption, pipe.clip.tokenizer, args.strict)
+    if args.variations:
+        x = read_image(args.variations, S)
+        eta = 1.0 if args.eta is None else args.eta
+        out = pipe.variations(x, n, eta, args.seed, args.invert, **options)
+        shown, labels = [x], ["input"] + [f"variation {j + 1}" for j in range(n)]
+    elif args.interpolate:
+        a, b = (read_image(path, S) for path in args.interpolate)
+        out = pipe.interpolate(a, b, n, args.seed, args.invert, **options)
+        shown, labels = [], [f"theta {t:.2f}" for t in torch.linspace(0, 1, n).tolist()]
+    elif args.text_diff:
+        x = read_image(args.text_diff[0], S)
+        thetas = torch.linspace(0, 0.5, n).tolist()
+        out = pipe.text_diff(x, *args.text_diff[1:], thetas, args.seed, **options)
+        shown, labels = [x], ["input"] + [f"theta {t:.2f}" for t in thetas]
+    else:
+        if not args.captions:
+            raise ValueError('give a caption, e.g. "a red circle", or --variations, '
+                             "--interpolate or --text-diff (see --help)")
+        out = pipe.generate(args.captions, n, args.seed, args.prior_steps, eta=args.eta,
+                            embedding=args.embedding, **options)
+        shown, labels = [], [c if j == 0 else "" for c in args.captions for j in range(n)]
+    images = out["images"][-1].cpu()
+    size = images.shape[-1]
+    tiles = torch.cat([*(F.interpolate(x, size=(size, size)) for x in shown), images])
+    save_grid(list(tiles), labels, args.out, ncol=len(tiles) if shown else n)
+    print(f"wrote {args.out}: {len(images)} images of {size}x{size}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
