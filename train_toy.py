@@ -73,30 +73,33 @@ class Config:
     stages: str = "clip,prior,decoder,up1,up2"
     data: str = "shapes"  # or cifar10:PATH (32x32 only: no upsamplers) or folder:PATH
     train_size: int = 10000  # scenes rendered once into memory at 32, 64 and 128 pixels
-    eval_size: int = 200  # held-out captions scored at the end
+    eval_size: int = 100  # held-out captions scored at the end
     holdout: str = ""  # "colour shape" pairs never rendered for training, e.g. "purple triangle"
     prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
     log_every: int = 50
     ckpt_every: int = 500
-    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    # a lighter CLIP than CLIPConfig's defaults: 8x8-pixel patches and a 64-wide text tower keep
+    # the CLIP and prior stages to a few minutes of a 2-core CPU
+    clip: CLIPConfig = field(default_factory=lambda: CLIPConfig(
+        vision_layers=2, vision_patch_size=8, transformer_width=64, transformer_layers=2))
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     ar_prior: ARPriorConfig = field(default_factory=ARPriorConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(num_res_blocks=1))
     up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
-    opt_clip: Optim = field(default_factory=lambda: Optim(steps=1500, batch=128, lr=1e-3))
-    opt_prior: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=3e-4,
+    opt_clip: Optim = field(default_factory=lambda: Optim(steps=800, batch=64, lr=1e-3))
+    opt_prior: Optim = field(default_factory=lambda: Optim(steps=600, batch=64, lr=5e-4,
                                                            beta2=0.96, weight_decay=6e-2))
-    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=3000, batch=32, lr=2e-4))
-    opt_up1: Optim = field(default_factory=lambda: Optim(steps=1000, batch=16, lr=2e-4))
-    opt_up2: Optim = field(default_factory=lambda: Optim(steps=800, batch=8, lr=2e-4))
+    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=700, batch=16, lr=3e-4))
+    opt_up1: Optim = field(default_factory=lambda: Optim(steps=300, batch=16, lr=5e-4))
+    opt_up2: Optim = field(default_factory=lambda: Optim(steps=200, batch=8, lr=5e-4))
     sampling: Sampling = field(default_factory=Sampling)
 
 
 # --quick: every stage end to end in a few minutes on a 2-core CPU; rough but not noise
-QUICK = {"out": "runs/quick", "train_size": 3000, "eval_size": 48,
-         "opt_clip.steps": 400, "opt_prior.steps": 400, "opt_decoder.steps": 500,
-         "opt_up1.steps": 150, "opt_up2.steps": 100, "sampling.decoder_steps": 25}
+QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
+         "opt_clip.steps": 150, "opt_prior.steps": 100, "opt_decoder.steps": 120,
+         "opt_up1.steps": 40, "opt_up2.steps": 30, "sampling.decoder_steps": 25}
 STAGES = ("clip", "prior", "decoder", "up1", "up2")
 
 
