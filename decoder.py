@@ -288,6 +288,9 @@ class UNet(nn.Module):
             elif z_i.shape != (B, cfg.clip_dim):
                 raise ValueError(f"z_i must be [B, {cfg.clip_dim}], got {tuple(z_i.shape)}")
             z = torch.where(keep[:, None], z_i, null)  # [B, D]
+            # unit-norm z_i has entries of about 1/√D: scaled by √D the projections start at the
+            # same size as the timestep embedding instead of √D times smaller (as the prior does)
+            z = z * cfg.clip_dim**0.5
             emb = emb + self.image_to_emb(z)
             context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
             context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
