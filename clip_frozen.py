@@ -464,7 +464,9 @@ def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float 
     [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6) with decoupled weight decay on weights only
     (not gains, biases or the temperature), linear warmup (5% of steps) then cosine decay (or
     constant), logit scale clipped at 100. `batches` is iterated again when it runs out. Nothing
-    here is random (the data is the caller's), so there is no seed. Returns the per-step losses."""
+    here is random (the data is the caller's), so there is no seed. Returns the per-step losses.
+    On Shapes, 800 steps of 128 at lr 1e-3 reach >= 95% zero-shot per attribute (README); at
+    2e-3 the toy model learned slower and at 3e-3 it collapsed (loss stuck at log B)."""
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
