@@ -61,38 +61,26 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class Attention(nn.Module):
-    """Self-attention with nn.MultiheadAttention's parameter names (in_proj_*, out_proj), so
-    OpenAI checkpoints load; computed batch-first with F.scaled_dot_product_attention."""
-
-    def __init__(self, width: int, heads: int, causal: bool):
-        super().__init__()
-        self.heads, self.causal = heads, causal
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # q, k, v stacked
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x):  # x: (B, N, W)
-        B, N, W = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = [t.view(B, N, self.heads, W // self.heads).transpose(1, 2) for t in (q, k, v)]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, N, hs)
-        return self.out_proj(y.transpose(1, 2).reshape(B, N, W))
-
-
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN Transformer block [CLIP] Sec. 2.4: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LN Transformer block [CLIP] Sec. 2.4: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    nn.MultiheadAttention, as in OpenAI's code, gives the checkpoint names (attn.in_proj_weight,
+    attn.out_proj); batch-first without weights it runs F.scaled_dot_product_attention."""
 
     def __init__(self, width: int, heads: int, causal: bool):
         super().__init__()
-        self.attn = Attention(width, heads, causal)
+        self.causal = causal
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(
             c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(), c_proj=nn.Linear(4 * width, width)))
         self.ln_2 = nn.LayerNorm(width)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x):  # x: (B, N, W)
+        N = x.shape[1]
+        # text is causal: token n sees tokens <= n (True = hidden; is_causal alone is only a hint)
+        mask = torch.ones(N, N, dtype=torch.bool, device=x.device).triu(1) if self.causal else None
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask, is_causal=self.causal)[0]
         return x + self.mlp(self.ln_2(x))
 
 
@@ -100,8 +88,6 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, causal: bool):
         super().__init__()
         heads = max(1, width // 64)  # OpenAI's build: heads of 64 channels; toy widths get one
-        if width % heads:
-            raise ValueError(f"width {width} does not split into {heads} heads; use k * 64")
         self.resblocks = nn.Sequential(
             *[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
 
@@ -158,7 +144,6 @@ class CLIP(nn.Module):
             for block in tower.resblocks:
                 nn.init.normal_(block.attn.in_proj_weight, std=w ** -0.5)
                 nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-                nn.init.zeros_(block.attn.out_proj.bias)
                 nn.init.normal_(block.mlp.c_fc.weight, std=(2 * w) ** -0.5)
                 nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
@@ -196,7 +181,6 @@ def clip_loss(logits_per_image):
 
 
 # ---------------------------------------------------------------- tokenizers
-
 class _Tokenizer:
     """Shared layout: [start, *ids(caption), end, pad 0, ...] -> (tokens (B, L) int64, mask (B, L)
     bool). Subclasses set encode, start_token, end_token, vocab_size, context_length, truncate."""
@@ -301,7 +285,6 @@ class BPETokenizer(_Tokenizer):
 
 
 # ---------------------------------------------------------------- frozen wrapper
-
 def _pil_to_tensor(image) -> torch.Tensor:
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a list of PIL images, got a {type(image).__name__} in it")
@@ -387,7 +370,6 @@ class FrozenCLIP:
 
 
 # ---------------------------------------------------------------- checkpoints
-
 def infer_config(state_dict) -> CLIPConfig:
     """Read the architecture off tensor shapes, as OpenAI's build_model does."""
     conv = state_dict["visual.conv1.weight"]  # (vision_width, 3, patch, patch)
@@ -406,13 +388,13 @@ def infer_config(state_dict) -> CLIPConfig:
         transformer_layers=layers("transformer.resblocks."))
 
 
-_REQUIRED = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
-             "positional_embedding", "token_embedding.weight", "ln_final.weight")
-
-
 def load_openai(path: str, device="cpu") -> CLIP:
     """Load an OpenAI CLIP ViT checkpoint: the released TorchScript archive (e.g. ViT-B-32.pt)
     or a plain state_dict. Weights become fp32; the config is inferred from shapes; strict load."""
+    def unsupported(what):
+        return ValueError(f"{path} {what}; only OpenAI CLIP ViT checkpoints (ViT-B/32, ViT-B/16, "
+                          "ViT-L/14, ...) are supported")
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:  # the released files are TorchScript archives: we keep only their weights
@@ -421,16 +403,14 @@ def load_openai(path: str, device="cpu") -> CLIP:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a state_dict saved with "
-                             f"torch.save ({type(e).__name__}); only OpenAI CLIP ViT checkpoints "
-                             "are supported") from e
+            raise unsupported(f"is neither a TorchScript archive nor a state_dict saved with "
+                              f"torch.save ({type(e).__name__})") from e
     if isinstance(state_dict, dict) and any(k.startswith("visual.layer1") for k in state_dict):
-        raise ValueError(f"{path} is a ResNet CLIP (RN50 family); only ViT checkpoints "
-                         "(ViT-B/32, ViT-B/16, ViT-L/14, ...) are supported")
-    missing = [k for k in _REQUIRED if not isinstance(state_dict, dict) or k not in state_dict]
-    if missing:
-        raise ValueError(f"{path} is not a CLIP ViT state_dict (missing {missing}); only OpenAI "
-                         "CLIP ViT checkpoints are supported")
+        raise unsupported("is a ResNet CLIP (RN50 family)")
+    needed = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
+              "positional_embedding", "token_embedding.weight", "ln_final.weight")  # infer_config's
+    if missing := [k for k in needed if not isinstance(state_dict, dict) or k not in state_dict]:
+        raise unsupported(f"is not a CLIP ViT state_dict (missing {missing})")
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
                   if k not in ("input_resolution", "context_length", "vocab_size")}
     model = CLIP(infer_config(state_dict))
@@ -455,7 +435,6 @@ def load_clip(path: str, map_location="cpu") -> CLIP:
 
 
 # ---------------------------------------------------------------- training
-
 def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float = 1e-3,
                weight_decay: float = 0.2, schedule: str = "cosine", max_grad_norm: float = 1.0,
                device=None, log_every: int = 50, log: Callable[[str], None] = print) -> list[float]:

@@ -481,13 +481,11 @@ class CIFAR10Captions(torch.utils.data.Dataset):
     def __init__(self, root, train: bool = True):
         root = Path(root)
         names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
-        if not root.is_dir():
-            raise FileNotFoundError(f"CIFAR-10 folder {root} not found: download the python "
-                                    "version from https://www.cs.toronto.edu/~kriz/cifar.html "
-                                    "and pass its extracted folder cifar-10-batches-py")
         if missing := [n for n in names + ["batches.meta"] if not (root / n).is_file()]:
-            raise FileNotFoundError(f"CIFAR-10 folder {root} lacks {missing}: extract the whole "
-                                    "python archive there")
+            raise FileNotFoundError(f"CIFAR-10 files {missing} not found in {root}: download the "
+                                    "python version from https://www.cs.toronto.edu/~kriz/cifar.html"
+                                    " and pass its extracted folder cifar-10-batches-py")
+
         def load(name):
             with open(root / name, "rb") as f:
                 return _NumpyOnly(f, encoding="bytes").load()
@@ -577,9 +575,8 @@ def main():
             acc = attribute_accuracy(reads, batch["attrs"])
             print(f"two_objects={two} {size}px blur {blur} noise {noise} ({speed:.0f} images/s): "
                   + ", ".join(f"{k} {v['acc']:.3f}" for k, v in acc.items()))
-    items = [Shapes(16, seed=0)[i] for i in range(16)] + [Shapes(8, seed=0, two_objects=True)[i]
-                                                           for i in range(8)]
-    batch = shapes_collate(items)
+    one, two = Shapes(16), Shapes(8, two_objects=True)
+    batch = shapes_collate([one[i] for i in range(16)] + [two[i] for i in range(8)])
     print("wrote", save_grid(batch["images"][32], batch["caption"], "assets/shapes_grid.png"))
 
 

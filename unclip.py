@@ -27,7 +27,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
 from decoder import Decoder, DecoderConfig
@@ -67,19 +67,6 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
 
 
-def _cfg(model):
-    """The config dataclass: the project's models keep it as .cfg, CLIP as .config (OpenAI's
-    naming, which clip_frozen.py mirrors)."""
-    return getattr(model, "cfg", None) or model.config
-
-
-def _merge(parts: list) -> dict:
-    """Concatenate per-caption outputs; "images" lists the image tensors in cascade order."""
-    out = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
-    out["images"] = [out[s] for s in STAGES[1:] if s in out]
-    return out
-
-
 class UnCLIP:
     """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free
     baselines and the image applications run); decoder: Decoder; upsamplers: 0-2 Upsamplers,
@@ -90,10 +77,10 @@ class UnCLIP:
         self.upsamplers = list(upsamplers)
         self.image_size = size = decoder.cfg.image_size  # S
         for i, up in enumerate(self.upsamplers):
-            if _cfg(up).low_res != size:
-                raise ValueError(f"up{i + 1} takes {_cfg(up).low_res}x{_cfg(up).low_res} images "
-                                 f"but the stage before it makes {size}x{size}; {HINT}")
-            size = _cfg(up).high_res
+            if up.cfg.low_res != size:
+                raise ValueError(f"up{i + 1} takes {up.cfg.low_res}x{up.cfg.low_res} images but the "
+                                 f"stage before it makes {size}x{size}; {HINT}")
+            size = up.cfg.high_res
         for m in (prior, decoder):
             if m is not None and m.cfg.clip_dim != clip.embed_dim:
                 raise ValueError(f"{type(m).__name__} expects z_i of size {m.cfg.clip_dim}, the "
@@ -127,13 +114,13 @@ class UnCLIP:
     def _sample_prior(self, z_t, states, mask, steps, guidance, candidates, generators, progress):
         """z_i [n, D] for n caption rows, row r drawn with generators[r]; a forward hook reports
         each network call as a step."""
-        ar = isinstance(self.prior, ARPrior)
-        total, calls = (self.prior.cfg.pca_dims + 1) if ar else steps, []
+        ar, calls = isinstance(self.prior, ARPrior), []
+        total = self.prior.cfg.pca_dims + 1 if ar else steps  # network calls for one row
 
         def tick(*_):  # returns None: a forward hook's return value would replace the output
             calls.append(1)
             if progress:
-                progress("prior", len(calls) if not ar else min(len(calls), total), total)
+                progress("prior", min(len(calls), total), total)
 
         hook = self.prior.register_forward_hook(tick)
         try:
@@ -141,43 +128,38 @@ class UnCLIP:
                 gens = [g for g in generators for _ in range(candidates)]
                 return self.prior.sample(z_t, states, mask, steps=steps, guidance_scale=guidance,
                                          candidates=candidates, generator=gens)
-            rows = []  # token-by-token sampling takes one generator: one row at a time
-            for r, g in enumerate(generators):
-                if z_t.device.type != "cpu":  # torch.multinomial wants a generator on its device
-                    g = torch.Generator(z_t.device).manual_seed(g.initial_seed())
-                rows.append(self.prior.sample(z_t[r:r + 1], states[r:r + 1], mask[r:r + 1],
-                                              guidance_scale=guidance, candidates=candidates,
-                                              generator=g))
-            return torch.cat(rows)
+            # token-by-token sampling draws a whole batch from one generator: one row at a time
+            return torch.cat([self.prior.sample(z_t[r:r + 1], states[r:r + 1], mask[r:r + 1],
+                                                guidance_scale=guidance, candidates=candidates,
+                                                generator=g) for r, g in enumerate(generators)])
         finally:
             hook.remove()
 
     def _decode(self, z_i, generator, noise=None, eta=None, tokens=None, mask=None,
                 fixed_noise=False, decoder_steps=50, decoder_guidance=3.0, upsampler_steps=None,
                 stages="all", progress=None) -> dict:
-        """z_i [n, D] (or None, with tokens) -> {"decoder": [n, 3, S, S], "up1": ..., ...} up to
-        `stages`. fixed_noise: one upsampler x_T shared by the n rows (frames of an edit)."""
-        last, out = self._last(stages), {}
+        """z_i [n, D] (or None, with tokens) -> generate's dict, up to `stages`.
+        fixed_noise: one upsampler x_T shared by the n rows (frames of an edit)."""
+        last, out = self._last(stages), {"z_i": z_i}
+        ups, steps = self.upsamplers[:max(0, last - 1)], upsampler_steps
+        steps = steps if isinstance(steps, list | tuple) else [steps] * len(ups)
+        if len(steps) < len(ups):
+            raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
 
         def report(stage):  # the sampler's progress(i, n) -> progress(stage, i, n)
             return (lambda i, k: progress(stage, i, k)) if progress else None
 
-        ups = self.upsamplers[:max(0, last - 1)]
-        steps = upsampler_steps
-        steps = steps if isinstance(steps, list | tuple) else [steps] * len(self.upsamplers)
-        if len(steps) < len(ups):
-            raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
-        if last == 0:
-            return out
-        x = out["decoder"] = self.decoder.sample(
-            z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
-            noise=noise, generator=generator, progress=report("decoder")).clamp(-1, 1)
+        if last > 0:
+            x = out["decoder"] = self.decoder.sample(
+                z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
+                noise=noise, generator=generator, progress=report("decoder")).clamp(-1, 1)
         for i, up in enumerate(ups):
-            H = _cfg(up).high_res
+            H = up.cfg.high_res
             up_noise = (torch.randn((1, 3, H, H), generator=generator).expand(len(x), -1, -1, -1)
                         if fixed_noise else None)
             x = out[f"up{i + 1}"] = up.sample(x, steps=steps[i], noise=up_noise,
                                               generator=generator, progress=report(f"up{i + 1}"))
+        out["images"] = [out[s] for s in STAGES[1:] if s in out]
         return out
 
     # ------------------------------------------------------------------ text -> image
@@ -192,7 +174,7 @@ class UnCLIP:
         ("all", "prior", "decoder", "up1", "up2"). eta: the decoder's sampler (None ancestral,
         float DDIM); upsampler_steps: None (each config's own), an int, or one per upsampler.
         embedding: "prior", or a prior-free baseline of [unCLIP] Sec. 5.1: "text" decodes z_t as
-        if it were z_i (zero-shot), "none" decodes from the caption alone.
+        if it were z_i (zero-shot), "none" decodes from the caption alone (the decoder's null z_i).
         progress(stage, step, steps) is called after every network step."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if embedding not in ("prior", "text", "none"):
@@ -202,26 +184,21 @@ class UnCLIP:
                              f"embedding 'text' or 'none', or {HINT}")
         self._last(stages)  # a bad stage fails before any sampling
         z_t, states, mask = self.clip.encode_text(captions)
-        tokens, token_mask = self.clip.tokenize(captions)
+        tokens = self.clip.tokenize(captions)[0]
         n = images_per_caption  # caption k fills rows k n ... k n + n - 1
-        z_t, states, mask, tokens, token_mask = (
-            v.repeat_interleave(n, 0) for v in (z_t, states, mask, tokens, token_mask))
-        # one generator per image, seeded by (seed, caption k, image j): an image's noise does
-        # not depend on the rest of the batch, so batched and one-by-one generation agree
+        z_t, states, mask, tokens = (v.repeat_interleave(n, 0) for v in (z_t, states, mask, tokens))
+        # image j of caption k: its own generator, so its noise is independent of the batch
         generators = [torch.Generator().manual_seed(seed + 10_000 * k + j)
                       for k in range(len(captions)) for j in range(n)]
         z_i = z_t if embedding == "text" else None
         if embedding == "prior":
             z_i = self._sample_prior(z_t, states, mask, prior_steps, prior_guidance, candidates,
                                      generators, progress)
-        caption = None, None
-        if self.decoder.cfg.text_layers:  # trailing padding cut: the caption encoder is causal
-            length = int(token_mask.sum(1).max())
-            caption = tokens[:, :length], token_mask[:, :length]
-        return _merge([{"z_i": z_i, **self._decode(
-            z_i, generators, None, eta, *caption, decoder_steps=decoder_steps,
-            decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
-            stages=stages, progress=progress)}])
+        length = int(mask.sum(1).max())  # trailing padding cut: the caption encoder is causal
+        caption = (tokens[:, :length], mask[:, :length]) if self.decoder.cfg.text_layers else ()
+        return self._decode(z_i, generators, None, eta, *caption, decoder_steps=decoder_steps,
+                            decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
+                            stages=stages, progress=progress)
 
     # ------------------------------------------------------------------ image applications
     def _image(self, image) -> torch.Tensor:
@@ -257,8 +234,7 @@ class UnCLIP:
         x = self._image(image)
         z_i = self._embed(x).expand(n, -1)  # [n, D]
         noise = self._invert(x, z_i[:1], **options).expand(n, -1, -1, -1) if invert else None
-        generator = torch.Generator().manual_seed(seed)
-        return _merge([{"z_i": z_i, **self._decode(z_i, generator, noise, eta, **options)}])
+        return self._decode(z_i, torch.Generator().manual_seed(seed), noise, eta, **options)
 
     @torch.no_grad()
     def interpolate(self, image_a, image_b, steps=5, seed=0, invert=False, **options) -> dict:
@@ -270,15 +246,14 @@ class UnCLIP:
         x = torch.cat([self._image(image_a), self._image(image_b)])  # [2, 3, S, S]
         z = self._embed(x)  # [2, D]
         theta = torch.linspace(0, 1, steps)
-        z_theta = slerp(z[:1], z[1:], theta)  # [steps, D]
         generator = torch.Generator().manual_seed(seed)
         if invert:
             x_T = self._invert(x, z, **options)
             noise = slerp(x_T[:1], x_T[1:], theta)  # [steps, 3, S, S]
         else:
             noise = torch.randn((1, *x.shape[1:]), generator=generator).expand(steps, -1, -1, -1)
-        return _merge([{"z_i": z_theta, **self._decode(z_theta, generator, noise, 0.0,
-                                                        fixed_noise=True, **options)}])
+        z_theta = slerp(z[:1], z[1:], theta)  # [steps, D]
+        return self._decode(z_theta, generator, noise, 0.0, fixed_noise=True, **options)
 
     @torch.no_grad()
     def text_diff(self, image, old_caption, new_caption, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
@@ -296,13 +271,13 @@ class UnCLIP:
         z_theta = slerp(z_i, z_d, torch.as_tensor(thetas))  # [K, D]
         noise = self._invert(x, z_i, **options).expand(len(z_theta), -1, -1, -1)
         generator = torch.Generator().manual_seed(seed)
-        return _merge([{"z_i": z_theta, **self._decode(z_theta, generator, noise, 0.0,
-                                                        fixed_noise=True, **options)}])
+        return self._decode(z_theta, generator, noise, 0.0, fixed_noise=True, **options)
 
 
 # ---------------------------------------------------------------------- checkpoints
 def _entry(model, **extra) -> dict:
-    return {"config": asdict(_cfg(model)), "state_dict": model.state_dict(), **extra}
+    config = model.config if isinstance(model, CLIP) else model.cfg  # CLIP keeps OpenAI's name
+    return {"config": asdict(config), "state_dict": model.state_dict(), **extra}
 
 
 def save_pipeline(path, clip, prior=None, decoder=None, upsamplers=()) -> None:
@@ -374,15 +349,14 @@ def _assemble(ckpt: dict, where, device) -> UnCLIP:
         raise ValueError(f"{where} lacks {', '.join(missing) or 'a byte tokenizer'} or has an "
                          f"unknown prior kind {kind!r} (found: {', '.join(sorted(ckpt))}); {HINT}")
     model = _build(CLIP, CLIPConfig, ckpt["clip"], "clip", where)
-    tokenizer = ckpt["tokenizer"]
-    tokenizer = ByteTokenizer(tokenizer["context_length"] or model.config.context_length,
-                              tokenizer["truncate"])
+    tok = ckpt["tokenizer"]  # context_length None: the CLIP's own (see from_stage_checkpoints)
+    tokenizer = ByteTokenizer(tok["context_length"] or model.config.context_length, tok["truncate"])
+    clip = FrozenCLIP(model, tokenizer, kind=ckpt["clip"].get("kind", "toy"))
     if prior is not None:
         prior = _build(*PRIORS[kind], prior, f"{kind} prior", where)
     decoder = _build(Decoder, DecoderConfig, ckpt["decoder"], "decoder", where)
     ups = [_build(Upsampler, UpsamplerConfig, entry, f"up{i + 1}", where)
            for i, entry in enumerate(ckpt.get("upsamplers", []))]
-    clip = FrozenCLIP(model, tokenizer, kind=ckpt["clip"].get("kind", "toy"))
     return UnCLIP(clip, prior, decoder, ups).to(device)
 
 
@@ -401,7 +375,7 @@ def from_stage_checkpoints(folder, device="cpu") -> UnCLIP:
     if not {"clip.pt", "decoder.pt"} <= set(files):
         raise FileNotFoundError(f"{folder} needs clip.pt and decoder.pt (found: "
                                 f"{', '.join(files) or 'no .pt files'}); {HINT}")
-    read = lambda name: _read(os.path.join(folder, name))  # noqa: E731
+    read = lambda name: _read(os.path.join(folder, name))
     prior = ({**read("prior.pt"), "kind": "diffusion"} if "prior.pt" in files else
              {**read("ar_prior.pt"), "kind": "ar"} if "ar_prior.pt" in files else None)
     ups = [read(name) for name in ("up1.pt", "up2.pt") if name in files and "up1.pt" in files]
@@ -446,15 +420,13 @@ def read_image(path: str, size: int) -> torch.Tensor:
     notes, (w, h), side = [], image.size, min(image.size)
     if image.mode != "RGB":
         notes.append(f"converted from mode {image.mode} to RGB")
-        image = image.convert("RGB")
     if w != h:
-        image = image.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
         notes.append(f"center-cropped {w}x{h} to {side}x{side}")
     if side != size:
-        image = image.resize((size, size), Image.BICUBIC)
         notes.append(f"resized to {size}x{size}, the decoder's resolution")
     if notes:
         print(f"note: {path}: {'; '.join(notes)}", file=sys.stderr)
+    image = ImageOps.fit(image.convert("RGB"), (size, size), Image.BICUBIC)  # center crop, resize
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1  # [size, size, 3]
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 

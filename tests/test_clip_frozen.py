@@ -208,13 +208,13 @@ def test_torchscript_archive_loads_through_load_openai(tmp_path):
 def test_load_openai_rejects_resnet_and_unrelated_files(tmp_path):
     resnet = {**make().state_dict(), "visual.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}
     torch.save(resnet, tmp_path / "RN50.pt")
-    with pytest.raises(ValueError, match="only ViT"):
+    with pytest.raises(ValueError, match="ResNet.*only OpenAI CLIP ViT"):
         load_openai(str(tmp_path / "RN50.pt"))
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="only OpenAI CLIP ViT"):
+    with pytest.raises(ValueError, match="neither a TorchScript.*only OpenAI CLIP ViT"):
         load_openai(str(tmp_path / "notes.txt"))
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match=r"missing \['visual.conv1.weight'.*only OpenAI CLIP ViT"):
         load_openai(str(tmp_path / "other.pt"))
 
 

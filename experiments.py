@@ -1,0 +1,555 @@
+"""The paper's experiments on the trained toy stack, one command each (issue 10), and each
+module measured on its own (issues 4-7).
+
+    python experiments.py prior    --run runs/toy  # [unCLIP] 5.1: diffusion/AR prior, z_t, caption only
+    python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed variance, 10 ... 250 steps
+    python experiments.py guidance --run runs/toy  # [CFG] [GLIDE]: decoder guidance 1 ... 8, prior guidance
+    python experiments.py binding  --run runs/toy  # [unCLIP] Sec. 7: colours bound to shapes, two objects
+    python experiments.py holdout  --run runs/toy  # compositional generalization to held-out pairs
+    python experiments.py components --run runs/toy  # CLIP zero-shot, prior, decoder from true z_i, ups
+    python experiments.py all      --run runs/toy  # the six, one after the other
+
+Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
+decoder's 32x32 (the Evaluator reads 32x32; only components runs the upsamplers), and writes
+<name>.md and <name>.json to --out (default RUN/experiments) with the seed, the settings, the
+machine and the wall time.
+Two ablations need a stage the default run lacks: they train it with train_toy.py, under the
+run's own saved config, into a sub-folder (RUN/exp_ar_prior, RUN/exp_fixed_var) holding a copy
+of clip.pt, so the run's own files are never touched; a finished sub-folder is reused.
+
+Symbols and names
+    y, named   a caption and the attributes it names (toy_data.parse_caption)
+    z_t, z_i   unit CLIP text / image embeddings [B, D]; "z_i cos" = cos(z_i used, z_i of the real
+               render of the caption's scene), the prior's accuracy as in [unCLIP] Sec. 5.1; for
+               components' decoder: cos(z_i of the decoded image, the true z_i it was given)
+    k          images per caption (guidance: diversity is measured within a caption's k images)
+    s          classifier-free guidance scale [CFG] Eq. 6 (1 = no guidance)
+    FD_CLIP    Frechet distance of CLIP image embeddings, generated vs real renders of the scenes
+    bank       fresh real renders whose z_i the prior's samples are matched to (nearest by cos)
+    PSNR       10 log10(1 / MSE) in dB on the [0, 1] pixel scale, per image, then averaged
+"""
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import toy_data
+import train_toy
+import unclip
+from decoder import Decoder
+from prior import ARPrior, DiffusionPrior
+from toy_data import ATTRIBUTES, PAIR_ATTRIBUTES, allowed_pairs
+from upsample import resize
+
+EXPERIMENTS = ("prior", "variance", "guidance", "binding", "holdout", "components")
+DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder steps per image
+EVAL_SEED = 7919  # scenes from seed + 7919, as train_toy.evaluate: never rendered for training
+BANK_SEED = 104_729  # the retrieval bank: fresh renders, neither training nor evaluation scenes
+VALUES = {a: getattr(toy_data, f"{a.upper()}S") for a in ATTRIBUTES}  # colour -> COLOURS, ...
+UNNAMED = ("size", "position", "background")  # what "a red circle" leaves free
+
+
+# ----------------------------------------------------------------------------- the stack
+def load_stack(a) -> tuple:
+    """(UnCLIP from the run's stage files, the run's saved train_toy config or {})."""
+    if not a.run.is_dir():
+        raise SystemExit(f"no run folder {a.run}; train one with: python train_toy.py --out {a.run}")
+    report = a.run / "report.json"
+    cfg = json.loads(report.read_text()).get("config", {}) if report.exists() else {}
+    pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
+    if pipe.prior is None:
+        raise SystemExit(f"{a.run} has no prior.pt or ar_prior.pt; train one with "
+                         f"python train_toy.py --out {a.run} --stages prior --resume")
+    if pipe.image_size != 32:  # the real renders, the toy CLIP and the Evaluator are at 32x32
+        raise SystemExit(f"the experiments read 32x32 decoder images; {a.run} decodes at "
+                         f"{pipe.image_size}x{pipe.image_size}")
+    return pipe, cfg
+
+
+def config_args(saved: dict) -> list:
+    """train_toy command-line options that rebuild a saved config (asdict(Config), via JSON)."""
+    args = []
+    for dotted, _, _ in train_toy._leaves(train_toy.Config()):
+        value = saved
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:  # a field newer than the run: keep train_toy's default
+            continue
+        text = (",".join(map(str, value)) if isinstance(value, list | tuple)
+                else str(value).lower() if isinstance(value, bool) else str(value))
+        args += [f"--{dotted}", text]
+    return args
+
+
+def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
+    """RUN/sub/<stage>.pt trained by train_toy.py under the run's config plus `options`, on a
+    copy of the run's frozen clip.pt; reused when it already holds the asked-for steps."""
+    folder, file = a.run / sub, {"ar": "ar_prior", "decoder": "decoder"}[stage]
+    path, opt = folder / f"{file}.pt", "opt_prior" if stage == "ar" else "opt_decoder"
+    if not cfg:
+        raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json "
+                         f"when the run finishes; finish it with python train_toy.py --out {a.run} "
+                         "--resume")
+    steps = a.train_steps or cfg[opt]["steps"]
+    if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
+        return path  # finished (a file without training state counts as finished)
+    folder.mkdir(exist_ok=True)
+    clip = folder / "clip.pt"
+    if clip.exists() and clip.read_bytes() != (a.run / "clip.pt").read_bytes():
+        raise SystemExit(f"{clip} differs from {a.run}/clip.pt: {folder} belongs to an earlier "
+                         "CLIP. Delete the folder and run again")
+    shutil.copyfile(a.run / "clip.pt", clip)
+    print(f"training {path} ({steps} steps) with train_toy.py", flush=True)
+    train_toy.main(config_args(cfg) + options + ["--out", str(folder), "--resume",
+                                                 "--device", a.device, f"--{opt}.steps", str(steps)])
+    return path
+
+
+# ----------------------------------------------------------------------------- data and metrics
+def shapes_batch(n: int, seed: int, holdout=(), two_objects=False, sizes=(32,)) -> dict:
+    """n fresh Shapes scenes, collated: caption, named, attrs (lists), images {size: [n, 3, s, s]}."""
+    ds = toy_data.Shapes(n, sizes=sizes, seed=seed, holdout=holdout, two_objects=two_objects)
+    return toy_data.shapes_collate([ds[i] for i in range(n)])
+
+
+def scenes(n: int, seed: int, holdout=(), two_objects=False) -> tuple:
+    """n fresh Shapes scenes: (captions, named dicts, real 32x32 renders [n, 3, 32, 32])."""
+    batch = shapes_batch(n, seed, holdout, two_objects)
+    return batch["caption"], batch["named"], batch["images"][32]
+
+
+def free_captions(a, k: int) -> tuple:
+    """max(2, n / k) captions "a red circle" (size, position, background left free) of pairs the
+    run trained on, and k real renders of each: (captions, real [captions k, 3, 32, 32])."""
+    pairs = allowed_pairs(a.holdout)
+    pairs = [pairs[i] for i in np.random.default_rng(a.seed).permutation(len(pairs))[:max(2, a.n // k)]]
+    real = torch.cat([only_pair(p, k, a.seed + EVAL_SEED + 100 + j)[2] for j, p in enumerate(pairs)])
+    return [f"a {c} {s}" for c, s in pairs], real
+
+
+def only_pair(pair, n: int, seed: int) -> tuple:
+    """n scenes of one (colour, shape) pair: every other pair held out (toy_data.sample_scene)."""
+    return scenes(n, seed, holdout=[p for p in allowed_pairs() if p != tuple(pair)])
+
+
+@functools.cache
+def evaluator() -> toy_data.Evaluator:
+    return toy_data.Evaluator()  # rule-based, shares nothing with CLIP; built once (it measures renders)
+
+
+def accuracy(reads: list, named: list) -> dict:
+    """{"all", then each named attribute: fraction read right} (toy_data.attribute_accuracy)."""
+    acc = toy_data.attribute_accuracy(reads, named)
+    return {k: acc[k]["acc"] for k in dict.fromkeys(("all", *ATTRIBUTES, *PAIR_ATTRIBUTES)) if k in acc}
+
+
+def score(pipe, images, captions, named, real, z_i=None, pair=False) -> dict:
+    """Attribute accuracy (Evaluator), CLIP score and FD_CLIP, as train_toy.evaluate computes
+    them; plus cos(z_i, z_i of the real image) when the row used an embedding. One caption,
+    named dict and real render per image."""
+    reads = (evaluator().read_pair if pair else evaluator().read)(images.cpu())
+    row = accuracy(reads, named)
+    z_t = pipe.clip.encode_text(captions)[0]
+    z_gen, z_real = (pipe.clip.encode_image(x.to(pipe.clip.device)) for x in (images, real))
+    row |= {"CLIP score": toy_data.clip_score(z_gen, z_t),
+            "FD_CLIP": toy_data.frechet_distance(z_gen, z_real)}
+    if z_i is not None:
+        row["z_i cos"] = F.cosine_similarity(z_i, z_real).mean().item()
+    return row | {"_reads": reads, "_z": z_gen}
+
+
+def real_row(pipe, captions, named, real, pair=False, label="real renders (reference)") -> dict:
+    """The reference: the Evaluator and CLIP on the real renders of the same scenes."""
+    row = score(pipe, real, captions, named, real, pair=pair)
+    return {"row": label} | {k: v for k, v in row.items() if k != "FD_CLIP"}
+
+
+def diversity(z: torch.Tensor, reads: list, k: int) -> dict:
+    """Within each caption's k images: mean pairwise 1 - cos of the CLIP image embeddings, the
+    fraction of unnamed attributes (size, position, background) that take >= 2 values, and the
+    mean number of values each takes."""
+    z = z.view(-1, k, z.shape[-1])  # [captions, k, D]
+    off = ~torch.eye(k, dtype=torch.bool)
+    spread = (1 - z @ z.transpose(1, 2))[:, off].mean().item()
+    groups = [reads[i:i + k] for i in range(0, len(reads), k)]
+    distinct = {u: [len({r[u] for r in g}) for g in groups] for u in UNNAMED}  # values per caption
+    varied = [d > 1 for counts in distinct.values() for d in counts]
+    return {"z_i spread": spread, "unnamed varied": sum(varied) / len(varied)} | {
+        f"distinct {u}s": sum(counts) / len(counts) for u, counts in distinct.items()}
+
+
+def binding(reads: list, named: list) -> dict:
+    """Two-object scenes [unCLIP] Sec. 7: do both named colours and both named shapes appear,
+    and if they do, is each colour on its own shape ("bound") or on the other one ("swapped")?"""
+    counts = Counter()
+    for r, n in zip(reads, named, strict=True):
+        got = {(r[f"{s}_colour"], r[f"{s}_shape"]) for s in ("left", "right")}
+        want = {(n[f"{s}_colour"], n[f"{s}_shape"]) for s in ("left", "right")}
+        swap = {(n["left_colour"], n["right_shape"]), (n["right_colour"], n["left_shape"])}
+        colours, shapes = ({c for c, _ in got} == {c for c, _ in want},
+                           {s for _, s in got} == {s for _, s in want})
+        counts.update({"both colours": colours, "both shapes": shapes, "bound": got == want,
+                       "swapped": got == swap, "present": colours and shapes})
+    out = {k: counts[k] / len(reads) for k in ("both colours", "both shapes", "bound", "swapped")}
+    # with both colours and both shapes present, only two pairings exist: chance is 1/2
+    present = counts["present"]
+    return out | {"bound given both present": counts["bound"] / present if present else None}
+
+
+def full_caption(attrs: dict) -> str:
+    """A caption naming all five attributes, each in the grammar's first wording."""
+    return (f"a {toy_data.SIZE_WORDS[attrs['size']][0]} {attrs['colour']} {attrs['shape']} "
+            f"{toy_data.POSITION_PHRASES[attrs['position']][0]} on a {attrs['background']} background")
+
+
+def zero_shot(encode_text, z_i: torch.Tensor, attrs: list) -> dict:
+    """[CLIP] zero-shot reading of each attribute: of the captions that differ only in it (the
+    others at their true values), the one whose z_t is closest to the image's z_i [n, D]."""
+    out = {}
+    for attr, values in VALUES.items():
+        captions = [full_caption(t | {attr: v}) for t in attrs for v in values]
+        z_t = encode_text(captions)[0].view(len(attrs), len(values), -1)  # [n, values, D], unit
+        guess = torch.einsum("nd,nvd->nv", z_i, z_t).argmax(1).tolist()
+        out[attr] = sum(values[g] == t[attr] for g, t in zip(guess, attrs, strict=True)) / len(attrs)
+    return out
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[B] PSNR in dB of images x against y [B, 3, H, W] in [-1, 1], on the [0, 1] scale."""
+    return -10 * torch.log10(((x - y) / 2).square().flatten(1).mean(1))
+
+
+def parse_pairs(text: str) -> list:
+    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
+    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
+    try:
+        allowed_pairs(pairs)
+    except ValueError as e:
+        raise SystemExit(f"--holdout {text!r}: {e}") from None
+    return pairs
+
+
+# ----------------------------------------------------------------------------- the experiments
+def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) -> dict:
+    """A table row: k images per caption up to the decoder, with the run's sampling settings (or
+    the CLI's) changed by `override`; scored (and their diversity for k > 1) and timed."""
+    clock = time.perf_counter()
+    out = pipe.generate(captions, images_per_caption=k, seed=a.seed, stages="decoder",
+                        **(a.sampling | override))
+    each = [c for c in captions for _ in range(k)]
+    row = score(pipe, out["decoder"], each, named, real, out["z_i"], pair)
+    row |= diversity(row["_z"], row["_reads"], k) if k > 1 else {}
+    return {"row": label} | row | {"seconds": time.perf_counter() - clock}
+
+
+def exp_prior(a, pipe, cfg) -> tuple:
+    """[unCLIP] Sec. 5.1: where z_i comes from, with the decoder fixed. -> (rows, note)"""
+    if not (a.run / "prior.pt").exists():
+        raise SystemExit(f"prior compares with the diffusion prior {a.run}/prior.pt; train it with "
+                         f"python train_toy.py --out {a.run} --stages prior --resume")
+    have = a.run / "ar_prior.pt"
+    path = have if have.exists() else train_extra(a, cfg, "exp_ar_prior", "ar", [
+        "--stages", "prior", "--prior_kind", "ar"])
+    ar_pipe = unclip.UnCLIP(pipe.clip, ARPrior.load(path, map_location=a.device), pipe.decoder)
+    data = scenes(a.n, a.seed + EVAL_SEED, a.holdout)
+    return [real_row(pipe, *data),
+            timed("(a) diffusion prior", pipe, *data, a),
+            timed("(b) AR prior", ar_pipe, *data, a),
+            timed("(c) z_t as z_i, no prior (zero-shot)", pipe, *data, a, embedding="text"),
+            timed("(d) caption only, no z_i", pipe, *data, a, embedding="none")], f"AR prior {path}"
+
+
+def exp_variance(a, pipe, cfg) -> tuple:
+    """[IDDPM] Sec. 3.1, 4: learned-range vs fixed (beta~_t) variance under fewer sampling steps."""
+    path = train_extra(a, cfg, "exp_fixed_var", "decoder", [
+        "--stages", "decoder", "--decoder.learn_sigma", "false", "--decoder.out_channels", "3"])
+    fixed = Decoder.load(path, map_location=a.device)
+    data, rows = scenes(a.n, a.seed + EVAL_SEED, a.holdout), []
+    rows.append(real_row(pipe, *data))
+    for decoder in (pipe.decoder, fixed):
+        name = "learned-range" if decoder.cfg.learn_sigma else "fixed"
+        variant = unclip.UnCLIP(pipe.clip, pipe.prior, decoder)
+        rows += [timed(f"{name} variance, {s} steps", variant, *data, a, decoder_steps=s) for s in a.steps]
+    return rows, f"ancestral sampling at the steps of each row; fixed-variance decoder {path}"
+
+
+def exp_guidance(a, pipe, cfg) -> tuple:
+    """[CFG] [GLIDE] Sec. 3: decoder guidance trades diversity for fidelity; prior guidance."""
+    k = a.per_caption
+    captions, real = free_captions(a, k)
+    named = [dict(zip(("colour", "shape"), c.split()[1:], strict=True)) for c in captions for _ in range(k)]
+    reference = real_row(pipe, [c for c in captions for _ in range(k)], named, real)
+    rows = [reference | diversity(reference["_z"], reference["_reads"], k)]
+    g0, p = a.sampling["decoder_guidance"], a.prior_guidance
+    rows += [timed(f"decoder s={s:g}, prior s=1", pipe, captions, named, real, a, k=k, decoder_guidance=s)
+             for s in sorted({*a.scales, g0})]  # g0 also anchors the prior-guidance pair
+    row = timed(f"decoder s={g0:g}, prior s={p:g}", pipe, captions, named, real, a, k=k, prior_guidance=p)
+    return rows + [row], f"{k} images for each of {len(captions)} captions: {', '.join(captions)}"
+
+
+def exp_binding(a, pipe, cfg) -> tuple:
+    """[unCLIP] Sec. 7: two-object captions (never seen in training) vs one-object captions."""
+    one = scenes(a.n, a.seed + EVAL_SEED, a.holdout)
+    two = scenes(a.n, a.seed + EVAL_SEED, a.holdout, two_objects=True)
+    rows = [real_row(pipe, *two, pair=True), timed("generated, one object", pipe, *one, a),
+            timed("generated, two objects", pipe, *two, a, pair=True)]
+    rows[0] |= binding(rows[0]["_reads"], two[1])
+    rows[2] |= binding(rows[2]["_reads"], two[1])
+    right = [r["colour"] == n["colour"] and r["shape"] == n["shape"]
+             for r, n in zip(rows[1]["_reads"], one[1], strict=True)]
+    rows[1]["colour+shape"] = p = sum(right) / len(right)
+    rows[2]["bound if independent"] = p * p  # two objects each drawn as well as a single one
+    dropped = {"size", "position", "left_size", "right_size"}  # not the point here
+    return [{k: v for k, v in r.items() if k not in dropped} for r in rows], (
+        "the stack was trained on one-object scenes only: two-object captions are new to it")
+
+
+def exp_holdout(a, pipe, cfg) -> tuple:
+    """Compositional generalization: captions naming (colour, shape) pairs never rendered for
+    CLIP, prior or decoder, vs seen pairs."""
+    if not (pairs := a.holdout):
+        raise SystemExit(f"holdout: {a.run} holds out no (colour, shape) pair; train a run with "
+                         "python train_toy.py --holdout 'purple triangle' (or pass --holdout)")
+    seen = scenes(a.n, a.seed + EVAL_SEED, pairs)
+    captions, named, real = [], [], []
+    for j, pair in enumerate(pairs):  # about n / len(pairs) scenes of each held-out pair
+        c, m, x = only_pair(pair, math.ceil(a.n / len(pairs)), a.seed + EVAL_SEED + 1 + j)
+        captions, named, real = captions + c, named + m, real + [x]
+    held = captions, named, torch.cat(real)
+    rows = [real_row(pipe, *held, label="real renders of held-out pairs (reference)"),
+            timed("seen pairs", pipe, *seen, a),
+            timed("held-out pairs", pipe, *held, a),
+            timed("held-out pairs, z_t as z_i (no prior)", pipe, *held, a, embedding="text")]
+    for row, (_, named, _) in zip(rows, (held, seen, held, held), strict=True):
+        reads = [f"{r['colour']} {r['shape']}" for r in row["_reads"]]
+        want = [f"{n['colour']} {n['shape']}" for n in named]
+        row["colour+shape"] = sum(map(str.__eq__, reads, want)) / len(reads)
+        (top, count), = Counter(reads).most_common(1)
+        row["most read as"] = f"{top} ({count / len(reads):.0%})"
+    return rows, "CLIP, prior and decoder all trained without the held-out pairs"
+
+
+def prior_rows(a, pipe, held) -> list:
+    """Issue 5: each prior's z_i against the true one, the nearest real render (by cos) in a bank
+    of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
+    sample; z_t and the bank's mean z_i are the baselines, the true z_i the ceiling."""
+    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)["images"][32]
+    z_bank, bank_reads = pipe.clip.encode_image(bank), evaluator().read(bank)
+    nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
+    captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a, a.per_caption)
+    z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
+
+    def row(label, z, z_free=None) -> dict:
+        z = z.expand_as(z_true)
+        return ({"row": label, "z_i cos": F.cosine_similarity(z, z_true).mean().item()}
+                | accuracy(nearest(z), held["named"])
+                | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
+
+    rows = [row("true z_i (retrieval ceiling)", z_true, pipe.clip.encode_image(free_real)),
+            row("z_t as z_i (no prior)", z_t, pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
+            row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
+    priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
+    ar = [p for p in (a.run / "ar_prior.pt", a.run / "exp_ar_prior" / "ar_prior.pt") if p.exists()][:1]
+    priors += [(f"AR prior ({p.relative_to(a.run)})", ARPrior.load(p, map_location=a.device)) for p in ar]
+    # k samples z_i of each caption y [len(y) k, D] with c candidates, seeded as generate seeds them
+    sample = lambda prior, y, k, c: unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
+        y, k, seed=a.seed, prior_steps=a.sampling["prior_steps"], candidates=c, stages="prior")["z_i"]
+    for label, prior in priors:
+        clock, c = time.perf_counter(), a.sampling["candidates"]
+        z = {n: sample(prior, captions, 1, n) for n in dict.fromkeys((c, 1, 2))}
+        rows.append(row(label, z[c], sample(prior, free, k, c))
+                    | {f"cos z_t, best of {n}": F.cosine_similarity(z[n], z_t).mean().item() for n in (1, 2)}
+                    | {"seconds": time.perf_counter() - clock})
+    return rows
+
+
+def decoder_rows(a, pipe, held) -> list:
+    """Issue 6: decode the TRUE z_i of real renders, with their caption (as the pipeline does)
+    and without: does the image keep the render's five attributes? (z_i cos: CLIP of the output.)"""
+    x, decoder = held["images"][32], pipe.decoder
+    z_i = pipe.clip.encode_image(x)
+    tokens, mask = pipe.clip.tokenize(held["caption"])
+    length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
+    variants = [("true z_i and the caption", (tokens[:, :length], mask[:, :length])),
+                ("true z_i, no caption", (None, None))]
+    rows = [{"row": "real renders (reference)"} | accuracy(evaluator().read(x), held["attrs"])]
+    for label, text in variants[0 if decoder.cfg.text_layers else 1:]:  # a decoder that reads no caption
+        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
+        out = decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
+                             guidance_scale=a.sampling["decoder_guidance"]).clamp(-1, 1)
+        rows.append({"row": label} | accuracy(evaluator().read(out), held["attrs"])
+                    | {"z_i cos": F.cosine_similarity(pipe.clip.encode_image(out), z_i).mean().item(),
+                       "seconds": time.perf_counter() - clock})
+    return rows
+
+
+def upsampler_rows(a, pipe, held) -> list:
+    """Issue 7: each upsampler on true low-res renders vs bicubic (the upsampler's own input):
+    PSNR and L1 against the true high-res render, and "same reading" = the fraction the Evaluator
+    reads as it reads the input. Grids OUT/components_up<i>.png: low-res / bicubic / up<i> / truth."""
+    rows, m = [], max(1, a.n // 2)
+    for i, up in enumerate(pipe.upsamplers, 1):
+        lo, hi = (held["images"][s][:m].to(pipe.clip.device) for s in (up.cfg.low_res, up.cfg.high_res))
+        H, steps = hi.shape[-1], (a.up_steps[i - 1:i] or [up.cfg.sample_steps])[0]
+        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(m)]
+        out = {"bicubic": resize(lo, H), f"up{i}, {steps} DDIM steps": up.sample(lo, steps, generator=gens)}
+        seconds = time.perf_counter() - clock
+        for label, x in out.items():
+            same = [r == w for r, w in zip(evaluator().read(x), evaluator().read(lo), strict=True)]
+            rows.append({"row": f"{lo.shape[-1]}->{H}: {label}", "PSNR": psnr(x, hi).mean().item(),
+                         "L1": (x - hi).abs().mean().item(), "same reading": sum(same) / m})
+        rows[-1]["seconds"] = seconds
+        shown = torch.cat([v[:8].cpu() for v in (resize(lo, H, "nearest"), *out.values(), hi)])
+        labels = [w for w in ("low-res", "bicubic", f"up{i}", "truth") for _ in range(min(8, m))]
+        toy_data.save_grid(shown, labels, a.out / f"components_up{i}.png", ncol=min(8, m))
+    return rows
+
+
+def exp_components(a, pipe, cfg) -> tuple:
+    """Each module on its own, on held-out scenes (issues 4-7). -> ({table title: rows}, note)"""
+    held = shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout,
+                        sizes=sorted({32, *(up.cfg.high_res for up in pipe.upsamplers)}))
+    clock = time.perf_counter()
+    clip = {"row": "argmax cos over captions that differ only in the attribute"} | zero_shot(
+        pipe.clip.encode_text, pipe.clip.encode_image(held["images"][32]), held["attrs"])
+    tables = {"CLIP zero-shot, per attribute (issue 4)": [clip | {"seconds": time.perf_counter() - clock}],
+              "Prior (issue 5)": prior_rows(a, pipe, held),
+              "Decoder from the true z_i (issue 6)": decoder_rows(a, pipe, held)}
+    if pipe.upsamplers:
+        tables["Upsamplers on true low-res renders (issue 7)"] = upsampler_rows(a, pipe, held)
+    return tables, (f"bank (retrieval, mean z_i): {a.bank} renders, Shapes seed {a.seed + BANK_SEED}; "
+                    f"variety: {a.per_caption} samples for each of {max(2, a.n // a.per_caption)} captions "
+                    f"'a <colour> <shape>'; upsamplers: {max(1, a.n // 2)} scenes, up_steps {a.up_steps}"
+                    + ("" if pipe.upsamplers else " (the run has no up1.pt: skipped)"))
+
+
+# ----------------------------------------------------------------------------- tables and CLI
+def machine(device) -> str:
+    cpu, info = platform.processor() or platform.machine(), Path("/proc/cpuinfo")
+    if info.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
+
+
+ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "FD_CLIP", "z_i cos")
+
+
+def table(rows: list) -> str:
+    """Markdown table; columns in ORDER, then the others as they come; "–" where a row has none."""
+    columns = [c for c in dict.fromkeys((*ORDER, *(k for r in rows for k in r), "seconds"))
+               if any(c in r for r in rows)]
+    cell = lambda v, c: ("–" if v is None else f"{v:.1f}" if c == "seconds"
+                         else f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows])
+
+
+TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned variance and few steps [IDDPM]",
+          "guidance": "Guidance trade-off [CFG] [GLIDE]", "binding": "Attribute binding [unCLIP] Sec. 7",
+          "holdout": "Compositional generalization (held-out pairs)",
+          "components": "Each module on its own: CLIP, prior, decoder, upsamplers"}
+
+
+def run(name: str, a, pipe, cfg) -> dict:
+    """One experiment -> OUT/name.md and OUT/name.json; returns the JSON record."""
+    clock = time.perf_counter()
+    tables, note = globals()[f"exp_{name}"](a, pipe, cfg)  # one table's rows, or {title: rows}
+    tables = {t: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+              for t, rows in (tables if isinstance(tables, dict) else {"": tables}).items()}
+    prior = "diffusion" if isinstance(pipe.prior, DiffusionPrior) else "AR"
+    settings = (f"n {a.n} images a row at {pipe.image_size}x{pipe.image_size}; {prior} prior, "
+                + ", ".join(f"{k} {v}" for k, v in a.sampling.items())
+                + f"; scenes: Shapes seed {a.seed + EVAL_SEED}; held-out pairs "
+                + f"{', '.join(map(' '.join, a.holdout)) or 'none'}; run {a.run} (trained with seed "
+                + f"{cfg.get('seed', '?')}); {note}")
+    record = {"experiment": name, "command": shlex.join(["python", "experiments.py", name, *a.argv]),
+              "seed": a.seed, "settings": settings, "machine": machine(a.device),
+              "seconds": round(time.perf_counter() - clock, 1)}
+    record |= {"rows": tables[""]} if "" in tables else {"tables": tables}
+    text = (f"### {TITLES[name]}\n\n    {record['command']}\n\nseed {a.seed}; {settings}.  \n"
+            f"machine: {record['machine']}; wall time {record['seconds']:.0f} s\n\n"
+            + "\n\n".join((f"#### {t}\n\n" if t else "") + table(r) for t, r in tables.items()) + "\n")
+    a.out.mkdir(parents=True, exist_ok=True)
+    for suffix, body in ((".md", text), (".json", json.dumps(record, indent=2, default=str))):
+        train_toy.save_atomic_text(a.out / f"{name}{suffix}", body)
+    print(text, flush=True)
+    return record
+
+
+def numbers(text: str, kind=int) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
+
+
+def main(argv=None) -> list:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))
+    p.add_argument("--run", type=Path, default=Path("runs/toy"), help="train_toy.py run folder")
+    p.add_argument("--out", type=Path, help="where tables go (default RUN/experiments)")
+    p.add_argument("--n", type=int, help="images per row (default 64; variance 32)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; scenes use seed + 7919")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--prior-steps", type=int, help="default: the run's sampling config")
+    p.add_argument("--decoder-steps", type=int, help="default: the run's sampling config")
+    p.add_argument("--guidance", type=float, help="decoder guidance (default: the run's config)")
+    p.add_argument("--steps", default="10,25,50,100,250", help="variance: decoder step counts")
+    p.add_argument("--scales", default="1,2,3,4,6,8", help="guidance: decoder guidance scales")
+    p.add_argument("--per-caption", type=int, default=8, help="guidance: images per caption, k")
+    p.add_argument("--prior-guidance", type=float, default=3.0, help="guidance: prior scale when on")
+    p.add_argument("--bank", type=int, default=2000, help="components: real renders the prior's "
+                   "samples are matched to")
+    p.add_argument("--holdout", default="", help="pairs held out, e.g. 'purple triangle' (default: "
+                   "the run's report.json; give it only for a run without one)")
+    p.add_argument("--train-steps", type=int, help="steps for the AR prior / fixed-variance decoder "
+                   "that prior / variance train when missing (default: the run's own)")
+    a = p.parse_args(argv)
+    a.argv = argv[:argv.index(a.experiment)] + argv[argv.index(a.experiment) + 1:]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.device == "auto":
+        mps = torch.backends.mps.is_available()
+        a.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    a.out = a.out or a.run / "experiments"
+    a.steps, a.scales = numbers(a.steps), numbers(a.scales, float)
+    if a.per_caption < 2 or (a.n is not None and a.n < 2) or not a.steps or not a.scales or a.bank < 1:
+        raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
+                         "images), --bank >= 1, and at least one value in --steps and --scales")
+    pipe, cfg = load_stack(a)
+    if a.holdout and cfg and parse_pairs(a.holdout) != parse_pairs(cfg.get("holdout", "")):
+        print(f"warning: {a.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
+              f"--holdout {a.holdout!r} replaces that in every table", file=sys.stderr)
+    a.holdout = parse_pairs(a.holdout or cfg.get("holdout", ""))
+    s = cfg.get("sampling", {})
+    base = {k: s.get(k, v) for k, v in vars(train_toy.Sampling()).items()}
+    a.sampling = {"prior_steps": a.prior_steps or base["prior_steps"], "candidates": base["candidates"],
+                  "decoder_steps": a.decoder_steps or base["decoder_steps"],
+                  "decoder_guidance": base["guidance"] if a.guidance is None else a.guidance}
+    a.up_steps = list(base["up_steps"])  # components: the upsamplers' DDIM steps
+    records, n = [], a.n
+    for name in EXPERIMENTS if a.experiment == "all" else (a.experiment,):
+        a.n = n or DEFAULT_N.get(name, 64)
+        records.append(run(name, a, pipe, cfg))
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""bench.py: FLOP counting against closed forms, the timer, and a --quick run's JSON."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bench
+from train_toy import Config
+
+FIELDS = ("params", "batch", "gflop_per_example", "train_step_s", "train_examples_per_s",
+          "peak_fraction", "peak_mem_mb", "peak_mem_kind", "sample_s_per_image", "sample_batch",
+          "sample_steps")
+
+
+def test_linear_flops_exact():
+    # forward x W^T, backward dX = dY W and dW = dY^T X: three matmuls of 2 * B * in * out each
+    torch.manual_seed(0)
+    B, n_in, n_out = 5, 8, 4
+    lin = torch.nn.Linear(n_in, n_out)
+    x = torch.randn(B, n_in, requires_grad=True)
+    assert bench.count_flops(lambda: lin(x).sum()) == 2 * n_in * n_out * B * 3
+
+
+def test_attention_flops_counted_on_cpu():
+    # without bench's mapping the fused CPU attention op counts 0. Closed form: forward QK^T and
+    # AV (4 b h s^2 d); backward recomputes QK^T and does dV, dP, dQ, dK (10 b h s^2 d)
+    b, h, s, d = 2, 3, 16, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    flops = bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum())
+    assert flops == 14 * b * h * s * s * d
+
+
+def test_median_time_calls_and_value():
+    calls = []
+    t = bench.median_time(lambda: calls.append(1), reps=3, device=torch.device("cpu"), warmup=2)
+    assert len(calls) == 5 and 0 <= t < 0.01
+    # a window of at least 20 ms repeats a fast call many times; the result stays per call
+    calls.clear()
+    t = bench.median_time(lambda: calls.append(1), reps=2, device=torch.device("cpu"), warmup=0,
+                          min_window=0.02)
+    assert len(calls) > 10 and t < 0.005
+
+
+def test_matmul_peak_positive():
+    peak = bench.matmul_peak(torch.device("cpu"), n=128, reps=2)
+    assert math.isfinite(peak) and 1e7 < peak < 1e14  # between 10 MFLOP/s and 100 TFLOP/s
+
+
+def test_quick_run_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    report = bench.main(["--quick", "--only", "prior", "--threads", "1", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["models"].keys() == {"prior"} and saved["threads"] == 1
+    assert saved["matmul"]["tflops"] > 0 and saved["matmul"]["dtype"] == "float32"
+    r = saved["models"]["prior"]
+    assert set(FIELDS) <= r.keys()
+    for key in FIELDS:
+        if key not in ("peak_mem_kind", "peak_mem_mb"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["peak_mem_mb"] >= 0  # max-RSS growth: 0 when the process already used more
+    assert r["batch"] == Config().opt_prior.batch and r["sample_steps"] == 2  # --quick
+    # the derived columns follow from the measured ones
+    assert r["train_examples_per_s"] == pytest.approx(r["batch"] / r["train_step_s"])
+    peak = saved["matmul"]["tflops"] * 1e12
+    flop_rate = r["gflop_per_example"] * 1e9 * r["train_examples_per_s"]
+    assert r["peak_fraction"] == pytest.approx(flop_rate / peak)
+    assert report["models"]["prior"] == r
+    out = capsys.readouterr().out
+    assert "| model | params | GFLOP/example (train)" in out and "| prior |" in out
+
+
+def test_tiny_decoder_and_upsampler():
+    cfg = Config()
+    cfg.decoder.channels, cfg.decoder.head_channels, cfg.decoder.text_layers = 8, 8, 1
+    cfg.opt_decoder.batch = 2
+    cfg.up1.channels, cfg.opt_up1.batch = 8, 2
+    cpu = torch.device("cpu")
+    for name in ("decoder", "up1"):
+        r = bench.bench_model(name, cpu, peak=1e10, reps=1, quick=True, n_sample=2, cfg=cfg)
+        assert r["batch"] == 2 and r["sample_batch"] == 2 and r["sample_s_per_image"] > 0
+        assert 0 < r["gflop_per_example"] < 0.5 and r["train_examples_per_s"] > 0
+    # a wider U-Net costs more FLOPs per example: about 4x for twice the channels
+    cfg.up1.channels = 16
+    wide = bench.bench_model("up1", cpu, peak=1e10, reps=1, quick=True, n_sample=1, cfg=cfg)
+    assert 3 < wide["gflop_per_example"] / r["gflop_per_example"] < 4.5
+
+
+def test_clip_has_no_sampling_and_counts_params():
+    cfg = Config()
+    cfg.opt_clip.batch = 4
+    r = bench.bench_model("clip", "cpu", peak=1e10, reps=1, quick=True, cfg=cfg)
+    from clip_frozen import CLIP
+    assert r["params"] == sum(p.numel() for p in CLIP(cfg.clip).parameters())
+    assert r["sample_s_per_image"] is None and r["sample_steps"] is None
+
+
+def test_bad_only_names_the_choices():
+    with pytest.raises(SystemExit, match="decoder"):
+        bench.main(["--only", "decodr"])
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.build("nope", Config(), torch.device("cpu"), 1, True)

@@ -1,0 +1,228 @@
+"""experiments.py on a tiny run that train_toy.py trains for a few steps: every experiment end to
+end (tables, JSON, the extra stages it trains in sub-folders), and the scorers on known inputs."""
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import experiments
+import train_toy
+from toy_data import ATTRIBUTES, parse_caption, render, sample_scene
+
+TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
+        "--clip.vision_width 32 --clip.vision_layers 1 --clip.transformer_width 32 "
+        "--clip.transformer_layers 1 --clip.embed_dim 16 "
+        "--prior.width 32 --prior.layers 1 --prior.heads 1 --ar_prior.width 32 --ar_prior.layers 1 "
+        "--ar_prior.heads 1 --ar_prior.pca_dims 4 --ar_prior.buckets 16 "
+        "--decoder.channels 8 --decoder.head_channels 8 --decoder.text_layers 1 "
+        "--decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
+        "--up1.channels 8 --up2.channels 8 "
+        "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
+for _stage in ("clip", "prior", "decoder", "up1", "up2"):
+    TINY += [f"--opt_{_stage}.steps", "4", f"--opt_{_stage}.batch", "4"]
+FAST = "--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decoder-steps 2".split()
+ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR prior",
+                  "(c) z_t as z_i, no prior (zero-shot)", "(d) caption only, no z_i"],
+        "variance": ["real renders (reference)"] + [f"{v} variance, {s} steps" for v in
+                                                    ("learned-range", "fixed") for s in (2, 3)],
+        "guidance": ["real renders (reference)", "decoder s=1, prior s=1", "decoder s=2, prior s=1",
+                     "decoder s=3, prior s=1", "decoder s=3, prior s=3"],
+        "binding": ["real renders (reference)", "generated, one object", "generated, two objects"],
+        "holdout": ["real renders of held-out pairs (reference)", "seen pairs", "held-out pairs",
+                    "held-out pairs, z_t as z_i (no prior)"]}
+COMPONENTS = {  # table title: its rows
+    "CLIP zero-shot, per attribute (issue 4)": ["argmax cos over captions that differ only in the attribute"],
+    "Prior (issue 5)": ["true z_i (retrieval ceiling)", "z_t as z_i (no prior)", "mean z_i of the bank",
+                        "diffusion prior", "AR prior (exp_ar_prior/ar_prior.pt)"],
+    "Decoder from the true z_i (issue 6)": ["real renders (reference)", "true z_i and the caption",
+                                            "true z_i, no caption"],
+    "Upsamplers on true low-res renders (issue 7)": ["32->64: bicubic", "32->64: up1, 2 DDIM steps",
+                                                     "64->128: bicubic", "64->128: up2, 2 DDIM steps"]}
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "toy"
+    train_toy.main(TINY + ["--out", str(out), "--holdout", "purple triangle"])
+    return out
+
+
+def test_every_experiment_writes_its_table_and_keeps_the_run(run):
+    own = {p.name: digest(p) for p in run.iterdir() if p.is_file()}
+    records = experiments.main(["all", "--run", str(run), *FAST, "--bank", "64"])
+    assert [r["experiment"] for r in records] == list(experiments.EXPERIMENTS)
+    check_components(records.pop(), run)  # last, so that it finds the AR prior `prior` trained
+    for record in records:
+        name = record["experiment"]
+        assert [row["row"] for row in record["rows"]] == ROWS[name], name
+        saved = json.loads((run / "experiments" / f"{name}.json").read_text())
+        assert saved["rows"] == json.loads(json.dumps(record["rows"]))
+        text = (run / "experiments" / f"{name}.md").read_text()
+        assert record["command"] in text and "seed 0" in text and "machine:" in text
+        assert text.count("\n|") == len(ROWS[name]) + 2  # header, rule, one line per row
+        for row in record["rows"][1:]:  # generated rows: every metric a finite number
+            for key in ("all", "CLIP score", "FD_CLIP", "seconds"):
+                assert math.isfinite(row[key]) and (key != "all" or 0 <= row[key] <= 1), (name, key)
+    assert records[0]["command"].startswith("python experiments.py prior --run")
+    assert "purple triangle" in records[4]["settings"]
+    guidance = records[2]["rows"]
+    assert all(0 <= r["unnamed varied"] <= 1 and r["z_i spread"] >= 0 for r in guidance)
+    # the extra stages went to sub-folders, trained under the run's config; the run is untouched
+    fixed = torch.load(run / "exp_fixed_var" / "decoder.pt", weights_only=True)
+    assert fixed["config"]["learn_sigma"] is False and fixed["config"]["out_channels"] == 3
+    assert fixed["config"]["channels"] == 8 and fixed["train"]["step"] == 4
+    ar = torch.load(run / "exp_ar_prior" / "ar_prior.pt", weights_only=True)
+    assert ar["config"]["pca_dims"] == 4 and ar["train"]["step"] == 4
+    assert {p.name: digest(p) for p in run.iterdir() if p.is_file()} == own
+
+
+def check_components(record, run):
+    """Every table and row of `components`, every figure a finite number in its range."""
+    saved = json.loads((run / "experiments" / "components.json").read_text())
+    assert saved["tables"] == json.loads(json.dumps(record["tables"]))
+    assert {t: [r["row"] for r in rows] for t, rows in saved["tables"].items()} == COMPONENTS
+    text = (run / "experiments" / "components.md").read_text()
+    assert text.count("\n####") == 4 and text.count("\n|") == sum(len(r) + 2 for r in COMPONENTS.values())
+    assert "seed 0" in text and "machine:" in text and "bank (retrieval, mean z_i): 64 renders" in text
+    for rows in saved["tables"].values():
+        for row in rows:
+            assert all(math.isfinite(v) for k, v in row.items() if k != "row"), row
+    (clip,), prior, decoder, ups = saved["tables"].values()
+    assert set(clip) == {"row", *ATTRIBUTES, "seconds"} and all(0 <= clip[a] <= 1 for a in ATTRIBUTES)
+    assert prior[0]["z_i cos"] == pytest.approx(1.0) and prior[1]["distinct sizes"] == 1  # z_t: one
+    for row in prior[3:]:
+        assert {"all", "z_i cos", "distinct sizes", "cos z_t, best of 1", "cos z_t, best of 2"} <= set(row)
+        assert 1 <= row["distinct positions"] <= 2 and 0 <= row["all"] <= 1  # k = 2
+    assert all(set(ATTRIBUTES) <= set(row) for row in decoder)
+    for row in ups:
+        assert row["PSNR"] > 15 and 0 < row["L1"] < 0.2 and 0 <= row["same reading"] <= 1, row
+    for i in (1, 2):  # 4 rows (low-res, bicubic, upsampler, truth) of n / 2 = 2 images
+        png = Image.open(run / "experiments" / f"components_up{i}.png")
+        assert png.size[1] > 3 * png.size[0] / 2
+
+
+def test_psnr_and_zero_shot_scorer():
+    x = torch.zeros(2, 3, 8, 8)
+    assert experiments.psnr(x, x + 0.2).tolist() == pytest.approx([20.0, 20.0])  # 0.1 on [0, 1]
+    assert experiments.psnr(x, x).isinf().all()
+    rng = np.random.default_rng(0)
+    attrs = [sample_scene(rng).attrs for _ in range(12)]
+    assert all(parse_caption(experiments.full_caption(t)) == t for t in attrs)
+    values = [(a, v) for a, vs in experiments.VALUES.items() for v in vs]
+
+    def embed(named: list) -> torch.Tensor:  # a fake CLIP: one unit per attribute value
+        return F.normalize(torch.tensor([[float(t[a] == v) for a, v in values] for t in named]), dim=-1)
+
+    encode_text = lambda captions: (embed([parse_caption(c) for c in captions]),)
+    assert experiments.zero_shot(encode_text, embed(attrs), attrs) == dict.fromkeys(ATTRIBUTES, 1.0)
+    moved = [t | {"position": "center" if t["position"] != "center" else "top"} for t in attrs]
+    scores = experiments.zero_shot(encode_text, embed(moved), attrs)  # images elsewhere: all wrong
+    assert scores == dict.fromkeys(ATTRIBUTES, 1.0) | {"position": 0.0}
+
+
+def test_trained_sub_stages_are_reused(run, monkeypatch):
+    a = experiments.argparse.Namespace(run=run, train_steps=None, device="cpu")
+    cfg = json.loads((run / "report.json").read_text())["config"]
+    options = ["--stages", "decoder", "--decoder.learn_sigma", "false", "--decoder.out_channels", "3"]
+    path = experiments.train_extra(a, cfg, "exp_fixed_var", "decoder", options)  # trained if missing
+    before = digest(path)
+    monkeypatch.setattr(train_toy, "main", lambda *a, **k: pytest.fail("retrained a finished stage"))
+    assert experiments.train_extra(a, cfg, "exp_fixed_var", "decoder", options) == path
+    assert digest(path) == before
+    a.train_steps, calls = 6, []  # more steps than the file holds: train_toy resumes it
+    monkeypatch.setattr(train_toy, "main", calls.append)
+    experiments.train_extra(a, cfg, "exp_fixed_var", "decoder", options)
+    (argv,) = calls
+    last = lambda flag: argv[len(argv) - argv[::-1].index(flag)]  # argparse: the last one wins
+    assert "--resume" in argv and last("--out") == str(path.parent) and last("--stages") == "decoder"
+    assert last("--opt_decoder.steps") == "6" and last("--decoder.learn_sigma") == "false"
+
+
+def test_refusals(run, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("clip.pt", "prior.pt", "decoder.pt", "report.json"):
+        shutil.copy(run / name, copy / name)
+    (copy / "exp_fixed_var").mkdir()
+    (copy / "exp_fixed_var" / "clip.pt").write_bytes(b"another clip")
+    with pytest.raises(SystemExit, match="differs from"):
+        experiments.main(["variance", "--run", str(copy), *FAST])
+    report = json.loads((copy / "report.json").read_text())
+    report["config"]["holdout"] = ""
+    (copy / "report.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="holds out no"):
+        experiments.main(["holdout", "--run", str(copy), *FAST])
+    with pytest.raises(SystemExit, match="pink hexagon"):
+        experiments.main(["holdout", "--run", str(copy), *FAST, "--holdout", "pink hexagon"])
+    with pytest.raises(SystemExit, match="--n >= 2"):
+        experiments.main(["prior", "--run", str(copy), "--n", "1"])
+    with pytest.raises(SystemExit, match="no run folder"):
+        experiments.main(["prior", "--run", str(tmp_path / "nothing")])
+
+
+def test_config_args_rebuild_the_saved_config():
+    cfg, _ = train_toy.parse_args(["--holdout", "purple triangle,red circle", "--decoder.learn_sigma",
+                                   "false", "--decoder.out_channels", "3", "--sampling.up_steps", "9,4",
+                                   "--opt_prior.lr", "1e-5", "--quick"])
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as report.json holds it
+    rebuilt, _ = train_toy.parse_args(experiments.config_args(saved))
+    assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
+    assert dataclasses.asdict(rebuilt) != dataclasses.asdict(train_toy.Config())
+
+
+def two_object_renders(n=12, seed=0, edit=lambda a, b: (a, b)):
+    """Clean 32x32 renders of n two-object scenes after edit(left, right), and the named dicts
+    of the unedited scenes' captions."""
+    rng = np.random.default_rng(seed)
+    images, named = [], []
+    for _ in range(n):
+        scene = sample_scene(rng, two_objects=True)
+        images.append(render(dataclasses.replace(scene, objects=edit(*scene.objects)))[32])
+        named.append({k: v for k, v in scene.attrs.items() if k.endswith(("colour", "shape"))})
+    return torch.stack(images), named
+
+
+def test_binding_scorer_on_renders():
+    read = experiments.evaluator().read_pair
+    x, named = two_object_renders()
+    assert experiments.binding(read(x), named) == {
+        "both colours": 1.0, "both shapes": 1.0, "bound": 1.0, "swapped": 0.0,
+        "bound given both present": 1.0}
+    swap = lambda a, b: (dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour))
+    x, named = two_object_renders(edit=swap)
+    assert experiments.binding(read(x), named) == {
+        "both colours": 1.0, "both shapes": 1.0, "bound": 0.0, "swapped": 1.0,
+        "bound given both present": 0.0}
+    same = lambda a, b: (a, dataclasses.replace(b, colour=a.colour))  # one colour twice
+    x, named = two_object_renders(edit=same)
+    scores = experiments.binding(read(x), named)
+    assert scores["both colours"] == 0 and scores["bound"] == 0 and scores["swapped"] == 0
+    assert scores["bound given both present"] is None
+
+
+def test_diversity_and_single_pair_scenes():
+    captions, named, real = experiments.only_pair(("green", "cross"), 8, seed=3)
+    assert all(n["colour"] == "green" and n["shape"] == "cross" for n in named)
+    reads = experiments.evaluator().read(real)
+    z = F.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    varied = experiments.diversity(z, reads, k=4)
+    assert varied["unnamed varied"] > 0.5 and varied["z_i spread"] > 0.5  # random scenes, vectors
+    assert all(1 <= varied[f"distinct {u}s"] <= 4 for u in experiments.UNNAMED)
+    assert varied["distinct positions"] > 1
+    same = experiments.diversity(z[:1].expand(8, -1), [reads[0]] * 8, k=4)
+    assert same == {"z_i spread": pytest.approx(0.0, abs=1e-6), "unnamed varied": 0.0, "distinct sizes": 1,
+                    "distinct positions": 1, "distinct backgrounds": 1}
+    orthogonal = experiments.diversity(torch.eye(4), reads[:4], k=4)  # 1 - cos = 1 for every pair
+    assert orthogonal["z_i spread"] == pytest.approx(1.0)
