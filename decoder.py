@@ -10,8 +10,9 @@ Symbols (names in the code -> paper)
     context   tokens every attention layer also attends to [B, K, W]: caption states + 4 z_i tokens
     keep_*    bool [B]; False drops that condition. Training dropout and the unconditional half of
               classifier-free guidance [CFG] are the same code path.
-    eps       the predicted noise: output channels [:C]; channels [C:] are the variance
-              interpolation v in [-1, 1] of [IDDPM] Eq. 15 (learned-range variance)
+    out       output channels [:C] predict eps (the noise; [GLIDE], [unCLIP]) or x_0
+              (cfg.mean_type); channels [C:] are the variance interpolation v in [-1, 1] of
+              [IDDPM] Eq. 15 (learned-range variance, when cfg.learn_sigma)
 
 ADM is the U-Net of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs"), which [GLIDE] and
 [unCLIP] build on. The same UNet with clip_dim=0, text_layers=0 and attention_resolutions=() is
@@ -352,8 +353,8 @@ class UNet(nn.Module):
 
 
 class Decoder(nn.Module):
-    """P(x_0 | z_i, y) [unCLIP] Sec. 2.1: the UNet trained as an eps-predicting diffusion with
-    learned-range variance (the [IDDPM] hybrid loss) on a cosine schedule of T steps."""
+    """P(x_0 | z_i, y) [unCLIP] Sec. 2.1: the UNet trained as an eps- (or x_0-) predicting
+    diffusion with learned-range variance (the [IDDPM] hybrid loss) on a cosine schedule."""
 
     def __init__(self, cfg: DecoderConfig | None = None):
         super().__init__()

@@ -40,6 +40,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +99,12 @@ def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
     """RUN/sub/<stage>.pt trained by train_toy.py under the run's config plus `options`, on a
     copy of the run's frozen clip.pt; reused when it already holds the asked-for steps."""
     folder, file = a.run / sub, {"ar": "ar_prior", "decoder": "decoder"}[stage]
-    path, opt = folder / f"{file}.pt", "opt_prior" if stage == "ar" else "opt_decoder"
+    path, opt = folder / f"{file}.pt", "opt_ar_prior" if stage == "ar" else "opt_decoder"
     if not cfg:
         raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json "
                          f"when the run finishes; finish it with python train_toy.py --out {a.run} "
                          "--resume")
-    steps = a.train_steps or cfg[opt]["steps"]
+    steps = a.train_steps or cfg.get(opt, asdict(getattr(train_toy.Config(), opt)))["steps"]
     if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
         return path  # finished (a file without training state counts as finished)
     folder.mkdir(exist_ok=True)

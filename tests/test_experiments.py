@@ -26,7 +26,7 @@ TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
         "--decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
         "--up1.channels 8 --up2.channels 8 "
         "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
-for _stage in ("clip", "prior", "decoder", "up1", "up2"):
+for _stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
     TINY += [f"--opt_{_stage}.steps", "4", f"--opt_{_stage}.batch", "4"]
 FAST = "--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decoder-steps 2".split()
 ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR prior",
