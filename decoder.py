@@ -81,8 +81,7 @@ class DecoderConfig(UNetConfig):
     learn_sigma: bool = True
     # What the net predicts: "eps" as in [GLIDE]/[unCLIP], or "x0". The eps MSE weights an x_0
     # error by SNR(t), next to nothing at the high noise levels where layout and colour are
-    # decided; in our 400-step CPU runs an eps decoder drew the right background 38% of the time
-    # (chance), an x0 one 100% (README, "Decoder").
+    # decided; train_toy.py uses x0 (README, "The decoder").
     mean_type: str = "eps"
 
 
