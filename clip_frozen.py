@@ -1,17 +1,14 @@
 """CLIP [CLIP]: a small one that trains on toy captions, freezes, and loads OpenAI's ViT weights.
 
-unCLIP stands on a frozen CLIP ([unCLIP] Sec. 2): the caption's embedding z_t and its token
-states feed the prior and the decoder; the image embedding z_i is the prior's target and the
-decoder's condition. This file imports only torch, numpy, PIL and the standard library.
+unCLIP stands on a frozen CLIP ([unCLIP] Sec. 2): the caption's embedding z_t and its token states feed
+the prior and the decoder; the image embedding z_i is the prior's target and the decoder's condition.
+Parameter names equal the keys of OpenAI's state_dicts (`visual.conv1.weight`, ...), so released weights
+load with strict=True. Imports only torch, numpy, PIL and the standard library.
 
 Symbols
-    x          images [B, 3, H, W] in [-1, 1] (the project's convention)
-    y          a caption (str) -> tokens [B, L] int64 and mask [B, L] bool (True = real token)
-    z_i, z_t   unit-norm image / text embeddings [B, D], D = embed_dim
-    states     final text token states [B, L, W] after ln_final, W = transformer_width
+    x, y       images [B, 3, H, W] in [-1, 1]; a caption -> tokens [B, L] int64, mask [B, L] bool
+    z_i, z_t   unit-norm image / text embeddings [B, D]; states [B, L, W] the text token states
     tau        learned temperature; logit_scale = log(1/tau), logits = exp(logit_scale) z_i z_t^T
-Module and parameter names equal the keys of OpenAI's released state_dicts (`visual.conv1.weight`,
-`transformer.resblocks.0.attn.in_proj_weight`, ...), so real weights load with strict=True.
 """
 import gzip
 import html
@@ -43,28 +40,23 @@ class CLIPConfig:
     image_resolution: int = 32  # the decoder's base resolution (Shapes at 32x32)
     vision_layers: int = 2  # with patch 8 the image is only 16 tokens: 2 blocks suffice
     vision_width: int = 128  # heads = width // 64 as in OpenAI's build (here 2)
-    vision_patch_size: int = 8  # Shapes objects sit on patch corners, so each patch holds one
-    # quadrant of the object: shape and size are read off patches directly (patch 4 learned
-    # shape several times slower per image in our runs)
-    context_length: int = 112  # L: start + caption bytes + end; the longest Shapes caption
-    # (two objects) is 103 bytes, single-object ones up to 91
+    vision_patch_size: int = 8  # Shapes objects sit on patch corners: each patch holds a quadrant of
+    # the object (patch 4 learned shape several times slower per image in our runs)
+    context_length: int = 112  # start + caption bytes + end; the longest Shapes caption is 103 bytes
     vocab_size: int = 259  # byte tokenizer: pad 0, bytes 1..256, start 257, end 258
-    transformer_width: int = 64  # W: text width (1 head), also the width of the states the
-    # prior and decoder read; the text side is most of the cost at byte level (~50 tokens)
+    transformer_width: int = 64  # W: text width (1 head), also the width of the states the prior and
+    # decoder read; the text side is most of the cost at byte level (~50 tokens)
     transformer_layers: int = 2
 
 
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
-
+class QuickGELU(nn.Module):  # the GELU approximation OpenAI's CLIP was trained with
     def forward(self, x):
         return x * torch.sigmoid(1.702 * x)
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN Transformer block [CLIP] Sec. 2.4: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
-    nn.MultiheadAttention, as in OpenAI's code, gives the checkpoint names (attn.in_proj_weight,
-    attn.out_proj); batch-first without weights it runs F.scaled_dot_product_attention."""
+    """Pre-LN block [CLIP] Sec. 2.4: x + attn(ln_1(x)), then x + mlp(ln_2(x)). nn.MultiheadAttention gives
+    OpenAI's names; batch-first without weights it runs F.scaled_dot_product_attention."""
 
     def __init__(self, width: int, heads: int, causal: bool):
         super().__init__()
@@ -88,8 +80,7 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, causal: bool):
         super().__init__()
         heads = max(1, width // 64)  # OpenAI's build: heads of 64 channels; toy widths get one
-        self.resblocks = nn.Sequential(
-            *[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
 
     def forward(self, x):
         return self.resblocks(x)
@@ -100,15 +91,13 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
-        width, patch = cfg.vision_width, cfg.vision_patch_size
-        if cfg.image_resolution % patch:
-            raise ValueError(f"image_resolution {cfg.image_resolution} is not a multiple of "
-                             f"vision_patch_size {patch}")
-        grid = cfg.image_resolution // patch
+        width, patch, R = cfg.vision_width, cfg.vision_patch_size, cfg.image_resolution
+        if R % patch:
+            raise ValueError(f"image_resolution {R} is not a multiple of vision_patch_size {patch}")
         scale = width ** -0.5
         self.conv1 = nn.Conv2d(3, width, patch, stride=patch, bias=False)  # one token per patch
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((R // patch) ** 2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(width, cfg.vision_layers, causal=False)
         self.ln_post = nn.LayerNorm(width)
@@ -152,10 +141,8 @@ class CLIP(nn.Module):
         return self.visual(images.to(self.visual.conv1.weight.dtype))
 
     def encode_text(self, tokens):
-        """tokens (B, L'), L' <= context_length -> (pooled (B, D) unnormalised, states (B, L', W)).
-
-        Pooled at the end-of-text token, found as the highest id in each row (OpenAI's argmax
-        rule); the causal mask makes its state a summary of the whole caption and makes padding
+        """tokens (B, L'), L' <= context_length -> (pooled (B, D) unnormalised, states (B, L', W)). Pooled
+        at the end token, the highest id of each row (OpenAI's argmax rule); the causal mask makes padding
         after it irrelevant, so callers may drop trailing padding to save compute."""
         B, L = tokens.shape
         if L > self.config.context_length:
@@ -175,15 +162,13 @@ class CLIP(nn.Module):
 
 def clip_loss(logits_per_image):
     """[CLIP] Fig. 3: mean of the cross-entropies over rows and columns; pair k is the positive."""
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    return (F.cross_entropy(logits_per_image, labels)
-            + F.cross_entropy(logits_per_image.t(), labels)) / 2
+    labels = torch.arange(len(logits_per_image), device=logits_per_image.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.t(), labels)) / 2
 
 
-# ---------------------------------------------------------------- tokenizers
 class _Tokenizer:
-    """Shared layout: [start, *ids(caption), end, pad 0, ...] -> (tokens (B, L) int64, mask (B, L)
-    bool). Subclasses set encode, start_token, end_token, vocab_size, context_length, truncate."""
+    """Captions -> rows [start, *encode(caption), end, 0, ...]: (tokens (B, L) int64, mask (B, L) bool).
+    Subclasses set encode, start_token, end_token, vocab_size, context_length, truncate."""
 
     def __call__(self, captions: list[str]):
         if isinstance(captions, str):
@@ -206,8 +191,8 @@ class _Tokenizer:
 
 
 class ByteTokenizer(_Tokenizer):
-    """Toy tokenizer with no vocabulary file: UTF-8 byte b -> id b + 1, pad 0, start 257,
-    end 258. The end token is the highest id, so pooling at argmax finds it as in OpenAI's CLIP."""
+    """Toy tokenizer with no vocabulary file: UTF-8 byte b -> id b + 1, pad 0, start 257, end 258 (the
+    highest id, so pooling at argmax finds it as in OpenAI's CLIP)."""
 
     pad_token, start_token, end_token, vocab_size = 0, 257, 258, 259
 
@@ -219,11 +204,9 @@ class ByteTokenizer(_Tokenizer):
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> character table: printable Latin-1 bytes stand for
-    themselves, the other bytes for chr(256 + n), so merges never see spaces or control bytes.
-    Dict order (printable first) fixes the ids of the 256 base tokens."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    """GPT-2/CLIP's reversible byte -> character table: printable Latin-1 bytes stand for themselves, the
+    others for chr(256 + n); dict order fixes the ids of the 256 base tokens."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     rest = [b for b in range(256) if b not in keep]
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(rest)}}
 
@@ -234,12 +217,9 @@ _BPE_PATTERN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+"
 
 
 class BPETokenizer(_Tokenizer):
-    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, not shipped).
-
-    Vocabulary: 256 byte characters, the same with '</w>' (end of word), one token per merge,
-    then <|startoftext|> and <|endoftext|>: with the released 48,894 merges start = 49406 and
-    end = 49407 = the highest id. Text cleanup is html-unescape, whitespace collapse and lower
-    case (OpenAI also runs ftfy, not available here)."""
+    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, not shipped): with the
+    released merges start = 49406 and end = 49407, the highest id. Text cleanup is html-unescape, whitespace
+    collapse and lower case (OpenAI also runs ftfy)."""
 
     def __init__(self, merges_path: str, context_length: int = 77, truncate: bool = True):
         opener = gzip.open if str(merges_path).endswith(".gz") else open
@@ -250,7 +230,7 @@ class BPETokenizer(_Tokenizer):
             raise ValueError(f"{merges_path} holds no merges ('a b' per line after a header line)")
         self.byte_encoder = bytes_to_unicode()
         base = list(self.byte_encoder.values())
-        vocab = [*base, *(c + "</w>" for c in base), *("".join(m) for m in merges),
+        vocab = [*base, *(c + "</w>" for c in base), *map("".join, merges),
                  "<|startoftext|>", "<|endoftext|>"]
         self.encoder = {token: i for i, token in enumerate(vocab)}
         self.ranks = {merge: i for i, merge in enumerate(merges)}  # lower rank merges first
@@ -259,69 +239,46 @@ class BPETokenizer(_Tokenizer):
         self.cache: dict[str, list[str]] = {}
 
     def bpe(self, word: str) -> list[str]:
-        """Merge the adjacent pair with the lowest rank, left to right, until none is mergeable."""
+        """Merge the leftmost adjacent pair of lowest rank until no pair is a merge (OpenAI merges every
+        occurrence of that pair at once: the same result, as merges with the new token rank later)."""
         if word not in self.cache:
             parts = [*word[:-1], word[-1] + "</w>"]
             while len(parts) > 1:
-                pairs = zip(parts, parts[1:], strict=False)
-                best = min(pairs, key=lambda pair: self.ranks.get(pair, math.inf))
-                if best not in self.ranks:
+                pairs = list(zip(parts, parts[1:], strict=False))
+                i = min(range(len(pairs)), key=lambda i: self.ranks.get(pairs[i], math.inf))
+                if pairs[i] not in self.ranks:
                     break
-                i = 0
-                while i < len(parts) - 1:  # merge every occurrence, left to right
-                    if (parts[i], parts[i + 1]) == best:
-                        parts[i:i + 2] = [parts[i] + parts[i + 1]]
-                    i += 1
+                parts[i:i + 2] = [parts[i] + parts[i + 1]]
             self.cache[word] = parts
         return self.cache[word]
 
     def encode(self, text: str) -> list[int]:
         text = re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip().lower()
-        ids = []
-        for word in _BPE_PATTERN.findall(text):
-            chars = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
-            ids += [self.encoder[token] for token in self.bpe(chars)]
-        return ids
-
-
-# ---------------------------------------------------------------- frozen wrapper
-def _pil_to_tensor(image) -> torch.Tensor:
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a list of PIL images, got a {type(image).__name__} in it")
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
-    return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) in [-1, 1]
+        words = ("".join(self.byte_encoder[b] for b in w.encode("utf-8")) for w in _BPE_PATTERN.findall(text))
+        return [self.encoder[token] for word in words for token in self.bpe(word)]
 
 
 class FrozenCLIP:
-    """A CLIP with gradients off, in eval mode: strings in, (z_t, states, mask) out; images
-    ([B, 3, H, W] in [-1, 1], or a list of PIL images) in, z_i out. Work is chunked by batch_size.
+    """A CLIP in eval mode with gradients off, its work chunked by batch_size. kind="toy": images of
+    exactly image_resolution, used as they are; kind="openai": [CLIP]'s preprocessing."""
 
-    kind="toy": the model was trained on [-1, 1] images of exactly image_resolution (size is
-    checked). kind="openai": [CLIP]'s preprocessing, bicubic resize of the short side, center
-    crop, normalisation with CLIP_MEAN / CLIP_STD."""
-
-    def __init__(self, model: CLIP, tokenizer, kind: str = "toy", batch_size: int = 256,
-                 device=None):
+    def __init__(self, model: CLIP, tokenizer, kind: str = "toy", batch_size: int = 256, device=None):
         if kind not in ("toy", "openai"):
             raise ValueError(f"kind must be 'toy' or 'openai', got {kind!r}")
         cfg = model.config
-        if tokenizer.context_length != cfg.context_length or tokenizer.vocab_size > cfg.vocab_size:
-            raise ValueError(f"tokenizer (context {tokenizer.context_length}, vocab "
-                             f"{tokenizer.vocab_size}) does not fit the model (context "
-                             f"{cfg.context_length}, vocab {cfg.vocab_size})")
+        tok, mod = (tokenizer.context_length, tokenizer.vocab_size), (cfg.context_length, cfg.vocab_size)
+        if tok[0] != mod[0] or tok[1] > mod[1]:
+            raise ValueError(f"the tokenizer's (context, vocab) {tok} does not fit the model's {mod}")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.kind, self.batch_size = tokenizer, kind, batch_size
+        self.embed_dim, self.text_width = cfg.embed_dim, cfg.transformer_width
+        self.context_length, self.vocab_size = cfg.context_length, cfg.vocab_size
         self.to(device if device is not None else next(model.parameters()).device)
 
     def to(self, device):
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
-
-    embed_dim = property(lambda self: self.model.config.embed_dim)
-    text_width = property(lambda self: self.model.config.transformer_width)
-    context_length = property(lambda self: self.model.config.context_length)
-    vocab_size = property(lambda self: self.model.config.vocab_size)
 
     def tokenize(self, captions: list[str]):
         tokens, mask = self.tokenizer(captions)
@@ -332,8 +289,8 @@ class FrozenCLIP:
         """-> z_t (B, D) unit norm, states (B, L, W), mask (B, L)."""
         tokens, mask = self.tokenize(captions)
         outs = [self.model.encode_text(chunk) for chunk in tokens.split(self.batch_size)]
-        pooled, states = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        return F.normalize(pooled.float(), dim=-1), states.float(), mask
+        pooled, states = (torch.cat(o).float() for o in zip(*outs, strict=True))
+        return F.normalize(pooled, dim=-1), states, mask
 
     @torch.no_grad()
     def encode_image(self, images):
@@ -345,8 +302,11 @@ class FrozenCLIP:
     def preprocess(self, images) -> torch.Tensor:
         """Images as the model was trained on them: (B, 3, R, R), R = image_resolution."""
         R = self.model.config.image_resolution
-        if isinstance(images, (list, tuple)) and images:  # PIL: each image on its own
-            return torch.cat([self.preprocess(_pil_to_tensor(im)[None]) for im in images])
+        if isinstance(images, (list, tuple)) and images:  # PIL images, each resized on its own
+            if bad := [type(im).__name__ for im in images if not isinstance(im, Image.Image)]:
+                raise TypeError(f"expected a list of PIL images, got a {bad[0]} in it")
+            arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1 for im in images]
+            return torch.cat([self.preprocess(torch.from_numpy(a).permute(2, 0, 1)[None]) for a in arrays])
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be a [B, 3, H, W] tensor or a list of PIL images, got "
                              f"{getattr(images, 'shape', images)}")
@@ -358,7 +318,7 @@ class FrozenCLIP:
                 raise ValueError(f"the toy CLIP takes {R}x{R} images, got {tuple(x.shape[-2:])}: "
                                  "resize them (e.g. F.interpolate(..., antialias=True))")
             return x
-        # [CLIP]'s preprocessing on [0, 1] RGB: bicubic resize of the short side, center crop
+        # [CLIP]'s preprocessing on [0, 1] RGB: bicubic resize of the short side, center crop, normalisation
         x, (H, W) = (x + 1) / 2, x.shape[-2:]
         size = (max(R, round(H * R / min(H, W))), max(R, round(W * R / min(H, W))))
         if (H, W) != size:
@@ -369,32 +329,23 @@ class FrozenCLIP:
         return (x - mean) / std
 
 
-# ---------------------------------------------------------------- checkpoints
 def infer_config(state_dict) -> CLIPConfig:
     """Read the architecture off tensor shapes, as OpenAI's build_model does."""
-    conv = state_dict["visual.conv1.weight"]  # (vision_width, 3, patch, patch)
-    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-
-    def layers(prefix):
-        return sum(k.startswith(prefix) and k.endswith(".attn.in_proj_weight") for k in state_dict)
-
+    shape = lambda key: state_dict[key].shape
+    layers = lambda tower: sum(k.startswith(tower) and k.endswith("attn.in_proj_weight") for k in state_dict)
+    width, _, patch, _ = shape("visual.conv1.weight")
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)  # the class token is extra
     return CLIPConfig(
-        embed_dim=state_dict["text_projection"].shape[1], image_resolution=conv.shape[-1] * grid,
-        vision_layers=layers("visual.transformer.resblocks."), vision_width=conv.shape[0],
-        vision_patch_size=conv.shape[-1],
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
-        transformer_width=state_dict["ln_final.weight"].shape[0],
-        transformer_layers=layers("transformer.resblocks."))
+        embed_dim=shape("text_projection")[1], image_resolution=patch * grid,
+        vision_layers=layers("visual.transformer."), vision_width=width, vision_patch_size=patch,
+        context_length=shape("positional_embedding")[0], vocab_size=shape("token_embedding.weight")[0],
+        transformer_width=shape("ln_final.weight")[0], transformer_layers=layers("transformer."))
 
 
 def load_openai(path: str, device="cpu") -> CLIP:
-    """Load an OpenAI CLIP ViT checkpoint: the released TorchScript archive (e.g. ViT-B-32.pt)
-    or a plain state_dict. Weights become fp32; the config is inferred from shapes; strict load."""
-    def unsupported(what):
-        return ValueError(f"{path} {what}; only OpenAI CLIP ViT checkpoints (ViT-B/32, ViT-B/16, "
-                          "ViT-L/14, ...) are supported")
-
+    """Load an OpenAI CLIP ViT checkpoint: the released TorchScript archive (e.g. ViT-B-32.pt) or a plain
+    state_dict. Weights become fp32; the config is inferred from shapes; strict load."""
+    only = "only OpenAI CLIP ViT checkpoints (ViT-B/32, ViT-B/16, ViT-L/14, ...) are supported"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:  # the released files are TorchScript archives: we keep only their weights
@@ -403,14 +354,14 @@ def load_openai(path: str, device="cpu") -> CLIP:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise unsupported(f"is neither a TorchScript archive nor a state_dict saved with "
-                              f"torch.save ({type(e).__name__})") from e
+            raise ValueError(f"{path} is neither a TorchScript archive nor a state_dict saved with "
+                             f"torch.save ({type(e).__name__}); {only}") from e
     if isinstance(state_dict, dict) and any(k.startswith("visual.layer1") for k in state_dict):
-        raise unsupported("is a ResNet CLIP (RN50 family)")
+        raise ValueError(f"{path} is a ResNet CLIP (RN50 family); {only}")
     needed = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
               "positional_embedding", "token_embedding.weight", "ln_final.weight")  # infer_config's
     if missing := [k for k in needed if not isinstance(state_dict, dict) or k not in state_dict]:
-        raise unsupported(f"is not a CLIP ViT state_dict (missing {missing})")
+        raise ValueError(f"{path} is not a CLIP ViT state_dict (missing {missing}); {only}")
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
                   if k not in ("input_resolution", "context_length", "vocab_size")}
     model = CLIP(infer_config(state_dict))
@@ -434,18 +385,14 @@ def load_clip(path: str, map_location="cpu") -> CLIP:
     return model.to(map_location)
 
 
-# ---------------------------------------------------------------- training
 def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float = 1e-3,
                weight_decay: float = 0.2, schedule: str = "cosine", max_grad_norm: float = 1.0,
                device=None, log_every: int = 50, log: Callable[[str], None] = print) -> list[float]:
-    """Contrastive training on (images (B, 3, R, R) in [-1, 1], captions list[str]) batches.
-
-    [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6) with decoupled weight decay on weights only
-    (not gains, biases or the temperature), linear warmup (5% of steps) then cosine decay (or
-    constant), logit scale clipped at 100. `batches` is iterated again when it runs out. Nothing
-    here is random (the data is the caller's), so there is no seed. Returns the per-step losses.
-    On Shapes, 800 steps of 128 at lr 1e-3 reach >= 95% zero-shot per attribute (README); at
-    2e-3 the toy model learned slower and at 3e-3 it collapsed (loss stuck at log B)."""
+    """Contrastive training on (images (B, 3, R, R) in [-1, 1], captions list[str]) batches, iterated again
+    when they run out; returns the per-step losses. [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6), weight
+    decay on weights only (not gains, biases or the temperature), linear warmup (5% of steps) then cosine
+    decay (or constant), logit scale clipped at 100. On Shapes, 800 steps of 128 at lr 1e-3 reach >= 95%
+    zero-shot per attribute (README); 2e-3 learned slower, 3e-3 collapsed (loss stuck at log B)."""
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -457,22 +404,19 @@ def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float 
     warmup = max(1, steps // 20)
     losses, stream, seen, clock = [], iter(batches), 0, time.perf_counter()
     for step in range(steps):
-        batch = next(stream, None)
-        if batch is None:  # a new epoch; a one-shot generator stays empty
+        if (batch := next(stream, None)) is None:  # a new epoch; a one-shot generator stays empty
             stream = iter(batches)
             if (batch := next(stream, None)) is None:
                 raise ValueError(f"batches ran out after {step} of {steps} steps; pass a "
                                  "re-iterable (a list or DataLoader) or enough batches")
         images, captions = batch
-        # linear warmup, then cosine decay to 0 (or constant)
         cosine = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, steps - warmup)))
         rate = lr * min(1.0, (step + 1) / warmup) * (cosine if schedule == "cosine" else 1.0)
         for group in opt.param_groups:
             group["lr"] = rate
         tokens, mask = tokenizer(captions)
-        # Padding after a caption cannot change what we read (causal mask), so encode the
-        # captions in four length-sorted groups, each cut to its longest: ~1/3 less text work.
-        # The loss does not care about the order of the pairs, only that they stay paired.
+        # Padding after a caption changes nothing we read (causal mask): encode the captions in four
+        # length-sorted groups, each cut to its longest (~1/3 less text work); pairs stay paired.
         lengths, order = mask.sum(1).sort()
         tokens, images = tokens[order], images[order.to(images.device)]
         z_t = torch.cat([model.encode_text(t[:, :int(n.max())].to(device))[0]
@@ -491,8 +435,7 @@ def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float 
         losses.append(loss.item())
         seen += len(images)
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-            now = time.perf_counter()
-            window = losses[-log_every:]
+            now, window = time.perf_counter(), losses[-log_every:]
             log(f"clip step {step + 1}/{steps} loss {sum(window) / len(window):.4f} lr {rate:.2e} "
                 f"{seen / (now - clock):.1f} img/s")
             seen, clock = 0, now

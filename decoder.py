@@ -79,9 +79,11 @@ class DecoderConfig(UNetConfig):
     # [IDDPM] learned-range variance (out_channels = 2 C, hybrid loss); False = fixed beta~_t
     # variance and the plain eps MSE of [DDPM] (out_channels = C), for the ablation
     learn_sigma: bool = True
-    # What the net predicts: "eps" as in [GLIDE]/[unCLIP], or "x0". The eps MSE weights an x_0
-    # error by SNR(t), next to nothing at the high noise levels where layout and colour are
-    # decided; train_toy.py uses x0 (README, "The decoder").
+    # What the net predicts: "eps" as in [GLIDE]/[unCLIP], "x0", or "v" [PD]. Counted as x_0
+    # errors, the eps MSE weighs them by SNR(t): next to nothing at the high noise levels where
+    # layout and colour are decided. The x0 MSE weighs all levels alike, and so little the low
+    # noise levels that draw edges; v (weight 1 + SNR) keeps both. train_toy.py uses v (README,
+    # "The decoder").
     mean_type: str = "eps"
 
 

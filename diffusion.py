@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-MEAN_TYPES = ("eps", "x0")  # what the net predicts: the noise (decoder) or x_0 itself (prior)
+# What the net predicts: the noise ε, x_0 itself (prior), or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 [PD]
+# Sec. 4, which is −x_0 at high noise and ε at low noise (the toy decoder)
+MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
 CLIP_MODES = ("none", "static", "dynamic")  # how predicted x_0 is kept inside the data range
 
@@ -227,7 +229,13 @@ class GaussianDiffusion(nn.Module):
             var = _at(self.posterior_var if small else self.large_var, t, x_t).expand_as(x_t)
             log_var = _at(self.posterior_log_var if small else self.large_log_var, t, x_t).expand_as(x_t)
 
-        pred_x0 = self.eps_to_x0(x_t, t, out) if self.mean_type == "eps" else out
+        if self.mean_type == "eps":
+            pred_x0 = self.eps_to_x0(x_t, t, out)
+        elif self.mean_type == "v":  # [PD] Sec. 4: x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v
+            a, b = _at(self.sqrt_alpha_bar, t, x_t), _at(self.sqrt_one_minus_alpha_bar, t, x_t)
+            pred_x0 = a * x_t - b * out
+        else:
+            pred_x0 = out
         if clip == "static":
             pred_x0 = pred_x0.clamp(-1, 1)
         elif clip == "dynamic":
@@ -255,9 +263,12 @@ class GaussianDiffusion(nn.Module):
                         **model_kwargs) -> dict:
         """Per-example losses [B] for one draw of t: dict(loss, mse, vb).
 
-        mse is [DDPM] Eq. 14's L_simple (target ε or x_0 by mean_type). With learned variance
-        the loss is [IDDPM]'s hybrid L_simple + λ·L_vlb, λ = 0.001 and L_vlb = T·E_t[L_t], i.e.
-        per sampled t the vb term weighs T/1000; L_vlb trains only Σ (the mean is detached).
+        mse is [DDPM] Eq. 14's L_simple (target ε, x_0 or v by mean_type). Measured as x_0
+        errors, the ε MSE weighs them by SNR_t = ᾱ_t / (1 − ᾱ_t), the v MSE by 1 + SNR_t and the
+        x_0 MSE by 1: fine detail (low noise) counts most for ε, layout (high noise) for x_0,
+        and v keeps both. With learned variance the loss is [IDDPM]'s hybrid L_simple + λ·L_vlb,
+        λ = 0.001 and L_vlb = T·E_t[L_t], i.e. per sampled t the vb term weighs T/1000; L_vlb
+        trains only Σ (the mean is detached).
         """
         self._check_t(t, x_0)
         noise = torch.randn_like(x_0) if noise is None else noise
@@ -266,7 +277,11 @@ class GaussianDiffusion(nn.Module):
         self._check_out(model_out, x_t)
         learned = self.var_type == "learned_range"
         out = model_out.chunk(2, dim=1)[0] if learned else model_out
-        target = noise if self.mean_type == "eps" else x_0
+        if self.mean_type == "v":  # [PD] Sec. 4 (their α_t, σ_t are √ᾱ_t, √(1 − ᾱ_t))
+            a, b = _at(self.sqrt_alpha_bar, t, x_0), _at(self.sqrt_one_minus_alpha_bar, t, x_0)
+            target = a * noise - b * x_0
+        else:
+            target = noise if self.mean_type == "eps" else x_0
         mse = _mean_flat((target - out) ** 2)
         vb = torch.zeros_like(mse)
         if learned:

@@ -1,21 +1,9 @@
 """unCLIP [unCLIP]: the whole system of the paper, its applications, one-file checkpoints, a CLI.
 
-A frozen CLIP reads the caption y; a prior P(z_i | y) proposes a CLIP image embedding; the decoder
-P(x | z_i, y) draws a small image; zero, one or two upsamplers enlarge it ([unCLIP] Fig. 2). This
-file only composes the modules below it: the math lives there.
-
-Symbols
-    y          a caption; tokens [B, L] int64 and mask [B, L] bool from the CLIP tokenizer
-    z_t, z_i   unit-norm CLIP text and image embeddings [B, D]
-    z_d        a text diff, norm(z_t(new caption) - z_t(old caption))  [unCLIP] Sec. 3.3
-    x_T        the decoder's starting noise [B, 3, S, S]: drawn, fixed, or DDIM-inverted
-    θ          slerp fraction in [0, 1];  n  images per caption (or per input image)
-Stages in cascade order: "prior" (z_i), "decoder" (S x S), "up1" (2S), "up2" (4S).
-
-Seeds: image j of caption k is drawn with its own torch.Generator, seeded seed + 10000 k + j and
-kept on the CPU, threaded through prior, decoder and upsamplers (diffusion.py draws row b's noise
-from generator b). So a seed gives the same images whatever the device, and a caption's images
-do not depend on the other captions in the batch, which is still sampled as one batch.
+A frozen CLIP reads the caption y into z_t; a prior P(z_i | y) proposes a CLIP image embedding z_i
+(both unit-norm, [B, D]); the decoder P(x | z_i, y) draws an S x S image from noise x_T; zero, one
+or two upsamplers enlarge it to 2S, 4S ([unCLIP] Fig. 2). Stages: "prior", "decoder", "up1", "up2".
+This file only composes the modules below it: the math lives there.
 """
 
 import argparse
@@ -23,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from itertools import count
 
 import numpy as np
 import torch
@@ -42,39 +31,29 @@ PRIORS = {"diffusion": (DiffusionPrior, DiffusionPriorConfig), "ar": (ARPrior, A
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
-    """Spherical interpolation, row by row: a, b [B, ...] (B may be 1), θ a float or [K] -> rows
-    sin((1-θ)Ω)/sin Ω · a + sin(θΩ)/sin Ω · b with cos Ω = â·b̂ ([unCLIP] Sec. 3.2, Shoemake 1985).
-    Unit a, b give a unit result at angle θΩ from a. Where sin Ω ≈ 0 (parallel vectors, or
-    anti-parallel ones, whose great circle is undefined) it is lerp, the parallel limit."""
+    """Spherical interpolation row by row ([unCLIP] Sec. 3.2, Shoemake 1985): a, b [B, ...] or [D],
+    θ a float or [K] -> sin((1-θ)Ω)/sin Ω · a + sin(θΩ)/sin Ω · b with cos Ω = â·b̂. Where sin Ω ≈ 0
+    (parallel or anti-parallel vectors) it is lerp, the parallel limit."""
     if a.dim() == 1:  # one vector [D]: a row of one
         out = slerp(a[None], b[None], theta)
         return out[0] if torch.as_tensor(theta).dim() == 0 else out
     a2, b2 = a.flatten(1).double(), b.flatten(1).double()  # [B, N]; float64 keeps acos accurate
     theta = torch.as_tensor(theta, dtype=torch.float64, device=a.device).reshape(-1, 1)  # [K, 1]
-    omega = torch.acos((F.normalize(a2, dim=1) * F.normalize(b2, dim=1)).sum(1, keepdim=True)
-                       .clamp(-1, 1))  # [B, 1]
-    sin = torch.sin(omega)
-    parallel = sin.abs() < 1e-7
-    sin = torch.where(parallel, torch.ones_like(sin), sin)
+    cos = (F.normalize(a2, dim=1) * F.normalize(b2, dim=1)).sum(1, keepdim=True)  # [B, 1]
+    omega = torch.acos(cos.clamp(-1, 1))
+    parallel = torch.sin(omega).abs() < 1e-7
+    sin = torch.sin(omega).masked_fill(parallel, 1)
     w_a = torch.where(parallel, 1 - theta, torch.sin((1 - theta) * omega) / sin)
     w_b = torch.where(parallel, theta, torch.sin(theta * omega) / sin)
     return (w_a * a2 + w_b * b2).to(a.dtype).reshape(-1, *a.shape[1:])
 
 
-def to_pil(images: torch.Tensor) -> list:
-    """[B, 3, H, W] in [-1, 1] -> B RGB PIL images (8 bits per channel)."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
-    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
-
-
 class UnCLIP:
-    """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free
-    baselines and the image applications run); decoder: Decoder; upsamplers: 0-2 Upsamplers,
-    each taking the previous stage's output size."""
+    """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free baselines and
+    the image applications run); decoder: Decoder; upsamplers: 0-2, each fed the previous size."""
 
     def __init__(self, clip: FrozenCLIP, prior, decoder: Decoder, upsamplers=()):
-        self.clip, self.prior, self.decoder = clip, prior, decoder
-        self.upsamplers = list(upsamplers)
+        self.clip, self.prior, self.decoder, self.upsamplers = clip, prior, decoder, list(upsamplers)
         self.image_size = size = decoder.cfg.image_size  # S
         for i, up in enumerate(self.upsamplers):
             if up.cfg.low_res != size:
@@ -86,41 +65,30 @@ class UnCLIP:
                 raise ValueError(f"{type(m).__name__} expects z_i of size {m.cfg.clip_dim}, the "
                                  f"CLIP makes {clip.embed_dim}: stages of different runs; {HINT}")
         self.models = [m.eval() for m in (prior, decoder, *self.upsamplers) if m is not None]
-
-    @property
-    def stages(self) -> list:
-        """The stage names this pipeline holds."""
-        have = ["prior"] if self.prior is not None else []
-        return have + ["decoder"] + [f"up{i + 1}" for i in range(len(self.upsamplers))]
+        self.stages = [s for s in STAGES[:2 + len(self.upsamplers)] if s != "prior" or prior is not None]
 
     def to(self, device) -> "UnCLIP":
-        self.clip.to(device)
-        for m in self.models:
+        for m in (self.clip, *self.models):
             m.to(device)
         return self
 
-    # ------------------------------------------------------------------ the cascade
     def _last(self, stages: str) -> int:
         """'all' or a stage name -> the index in STAGES of the last stage to run."""
-        if stages == "all":
-            return STAGES.index(self.stages[-1])
-        if stages not in STAGES:
+        if stages not in ("all", *STAGES):
             raise ValueError(f"stages must be 'all' or one of {STAGES}, got {stages!r}")
-        if stages.startswith("up") and int(stages[2:]) > len(self.upsamplers):
+        if stages.startswith("up") and stages not in self.stages:
             raise ValueError(f"stage {stages!r} needs an upsampler this pipeline lacks (it has "
                              f"{', '.join(self.stages)}); {HINT}")
-        return STAGES.index(stages)
+        return STAGES.index(self.stages[-1] if stages == "all" else stages)
 
     def _sample_prior(self, z_t, states, mask, steps, guidance, candidates, generators, progress):
-        """z_i [n, D] for n caption rows, row r drawn with generators[r]; a forward hook reports
-        each network call as a step."""
-        ar, calls = isinstance(self.prior, ARPrior), []
+        """z_i [n, D], row r drawn with generators[r]; a forward hook reports each network call."""
+        ar, calls = isinstance(self.prior, ARPrior), count(1)
         total = self.prior.cfg.pca_dims + 1 if ar else steps  # network calls for one row
 
         def tick(*_):  # returns None: a forward hook's return value would replace the output
-            calls.append(1)
             if progress:
-                progress("prior", min(len(calls), total), total)
+                progress("prior", min(next(calls), total), total)
 
         hook = self.prior.register_forward_hook(tick)
         try:
@@ -128,7 +96,7 @@ class UnCLIP:
                 gens = [g for g in generators for _ in range(candidates)]
                 return self.prior.sample(z_t, states, mask, steps=steps, guidance_scale=guidance,
                                          candidates=candidates, generator=gens)
-            # token-by-token sampling draws a whole batch from one generator: one row at a time
+            # token by token, a batch draws from one generator: one row at a time
             return torch.cat([self.prior.sample(z_t[r:r + 1], states[r:r + 1], mask[r:r + 1],
                                                 guidance_scale=guidance, candidates=candidates,
                                                 generator=g) for r, g in enumerate(generators)])
@@ -141,41 +109,34 @@ class UnCLIP:
         """z_i [n, D] (or None, with tokens) -> generate's dict, up to `stages`.
         fixed_noise: one upsampler x_T shared by the n rows (frames of an edit)."""
         last, out = self._last(stages), {"z_i": z_i}
-        ups, steps = self.upsamplers[:max(0, last - 1)], upsampler_steps
-        steps = steps if isinstance(steps, list | tuple) else [steps] * len(ups)
+        ups = self.upsamplers[:max(0, last - 1)]
+        steps = upsampler_steps if isinstance(upsampler_steps, list | tuple) else [upsampler_steps] * len(ups)
         if len(steps) < len(ups):
             raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
-
-        def report(stage):  # the sampler's progress(i, n) -> progress(stage, i, n)
-            return (lambda i, k: progress(stage, i, k)) if progress else None
-
+        report = lambda stage: (lambda i, k: progress(stage, i, k)) if progress else None  # for a sampler
         if last > 0:
             x = out["decoder"] = self.decoder.sample(
                 z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
                 noise=noise, generator=generator, progress=report("decoder")).clamp(-1, 1)
         for i, up in enumerate(ups):
-            H = up.cfg.high_res
-            up_noise = (torch.randn((1, 3, H, H), generator=generator).expand(len(x), -1, -1, -1)
-                        if fixed_noise else None)
-            x = out[f"up{i + 1}"] = up.sample(x, steps=steps[i], noise=up_noise,
+            shape = (1, 3, up.cfg.high_res, up.cfg.high_res)  # fixed_noise: one x_T for all rows
+            x_T = torch.randn(shape, generator=generator).expand(len(x), -1, -1, -1) if fixed_noise else None
+            x = out[f"up{i + 1}"] = up.sample(x, steps=steps[i], noise=x_T,
                                               generator=generator, progress=report(f"up{i + 1}"))
         out["images"] = [out[s] for s in STAGES[1:] if s in out]
         return out
 
-    # ------------------------------------------------------------------ text -> image
     @torch.no_grad()
     def generate(self, captions, images_per_caption=1, seed=0, prior_steps=64, prior_guidance=1.0,
                  candidates=2, decoder_steps=50, decoder_guidance=3.0, eta=None,
                  upsampler_steps=None, stages="all", embedding="prior", progress=None) -> dict:
         """Text -> images [unCLIP] Sec. 2: z_i ~ prior(y), x ~ decoder(z_i, y), then upsamplers.
-
-        Returns {"z_i": [B n, D], "decoder": [B n, 3, S, S], "up1": ..., "images": [the image
-        tensors in cascade order]}, rows k n ... k n + n - 1 for caption k, up to `stages`
-        ("all", "prior", "decoder", "up1", "up2"). eta: the decoder's sampler (None ancestral,
-        float DDIM); upsampler_steps: None (each config's own), an int, or one per upsampler.
-        embedding: "prior", or a prior-free baseline of [unCLIP] Sec. 5.1: "text" decodes z_t as
-        if it were z_i (zero-shot), "none" decodes from the caption alone (the decoder's null z_i).
-        progress(stage, step, steps) is called after every network step."""
+        Returns {"z_i": [B n, D], "decoder": [B n, 3, S, S], "up1", "up2", "images": the image
+        tensors in cascade order} up to `stages` ("all" or a stage), rows k n ... k n + n - 1 for
+        caption k. eta: the decoder's sampler (None ancestral, float DDIM); upsampler_steps: None
+        (each config's own), an int, or one per upsampler. embedding: "prior", or a prior-free
+        baseline of [unCLIP] Sec. 5.1: "text" decodes z_t as if it were z_i (zero-shot), "none"
+        the caption alone (the decoder's null z_i). progress(stage, step, steps) follows each step."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if embedding not in ("prior", "text", "none"):
             raise ValueError(f"embedding must be 'prior', 'text' or 'none', got {embedding!r}")
@@ -187,7 +148,7 @@ class UnCLIP:
         tokens = self.clip.tokenize(captions)[0]
         n = images_per_caption  # caption k fills rows k n ... k n + n - 1
         z_t, states, mask, tokens = (v.repeat_interleave(n, 0) for v in (z_t, states, mask, tokens))
-        # image j of caption k: its own generator, so its noise is independent of the batch
+        # image j of caption k draws its noise from its own CPU generator: same on any device, any batch
         generators = [torch.Generator().manual_seed(seed + 10_000 * k + j)
                       for k in range(len(captions)) for j in range(n)]
         z_i = z_t if embedding == "text" else None
@@ -200,7 +161,6 @@ class UnCLIP:
                             decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
                             stages=stages, progress=progress)
 
-    # ------------------------------------------------------------------ image applications
     def _image(self, image) -> torch.Tensor:
         """A [3, H, W] or [1, 3, H, W] tensor in [-1, 1] (see read_image) -> [1, 3, S, S]."""
         x = torch.as_tensor(image, dtype=torch.float32)
@@ -220,17 +180,14 @@ class UnCLIP:
         return self.clip.encode_image(x)
 
     def _invert(self, x, z_i, decoder_steps=50, decoder_guidance=3.0, **_):
-        """x_T by DDIM inversion [DDIM] Sec. 4.3, with the steps and guidance of the decoding
-        that follows, so that decoding it with η = 0 reconstructs x."""
-        return self.decoder.invert(x, z_i, None, None, steps=decoder_steps,
-                                   guidance_scale=decoder_guidance)
+        """x_T by DDIM inversion [DDIM] Sec. 4.3, with the decoding's steps and guidance: η = 0 gives x."""
+        return self.decoder.invert(x, z_i, None, None, steps=decoder_steps, guidance_scale=decoder_guidance)
 
     @torch.no_grad()
     def variations(self, image, n=4, eta=1.0, seed=0, invert=False, **options) -> dict:
         """[unCLIP] Sec. 3.1: decode the image's own z_i n times. DDIM with η > 0 gives variations
         that keep what CLIP encodes; invert=True starts from the DDIM-inverted x_T, so η = 0
-        reconstructs the image. options: decoder_steps, decoder_guidance, upsampler_steps,
-        stages, progress (as in generate). Returns generate's dict."""
+        reconstructs it. options (as generate's): decoder_*, upsampler_steps, stages, progress."""
         x = self._image(image)
         z_i = self._embed(x).expand(n, -1)  # [n, D]
         noise = self._invert(x, z_i[:1], **options).expand(n, -1, -1, -1) if invert else None
@@ -245,11 +202,9 @@ class UnCLIP:
             raise ValueError(f"an interpolation needs at least 2 frames, got steps={steps}")
         x = torch.cat([self._image(image_a), self._image(image_b)])  # [2, 3, S, S]
         z = self._embed(x)  # [2, D]
-        theta = torch.linspace(0, 1, steps)
-        generator = torch.Generator().manual_seed(seed)
+        theta, generator = torch.linspace(0, 1, steps), torch.Generator().manual_seed(seed)
         if invert:
-            x_T = self._invert(x, z, **options)
-            noise = slerp(x_T[:1], x_T[1:], theta)  # [steps, 3, S, S]
+            noise = slerp(*self._invert(x, z, **options).split(1), theta)  # [steps, 3, S, S]
         else:
             noise = torch.randn((1, *x.shape[1:]), generator=generator).expand(steps, -1, -1, -1)
         z_theta = slerp(z[:1], z[1:], theta)  # [steps, D]
@@ -274,17 +229,10 @@ class UnCLIP:
         return self._decode(z_theta, generator, noise, 0.0, fixed_noise=True, **options)
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _entry(model, **extra) -> dict:
-    config = model.config if isinstance(model, CLIP) else model.cfg  # CLIP keeps OpenAI's name
-    return {"config": asdict(config), "state_dict": model.state_dict(), **extra}
-
-
 def save_pipeline(path, clip, prior=None, decoder=None, upsamplers=()) -> None:
-    """One file with every stage: save_pipeline(path, pipe) with an UnCLIP, or the parts (clip a
-    FrozenCLIP, or a CLIP trained with ByteTokenizer). Layout: {"format": 1, "clip", "tokenizer",
-    "prior" (with "kind": "diffusion" | "ar"; absent if None), "decoder", "upsamplers": [...]},
-    each model a {"config", "state_dict"}. Written to path.tmp, then renamed (atomic)."""
+    """One file with every stage of an UnCLIP, or of the parts (clip a FrozenCLIP, or a CLIP trained with
+    ByteTokenizer): {"format": 1, "clip", "tokenizer", "prior" (+ "kind": "diffusion" | "ar"; absent if
+    None), "decoder", "upsamplers": [...]}, each a {"config", "state_dict"}; atomic (path.tmp, renamed)."""
     if isinstance(clip, UnCLIP):
         clip, prior, decoder, upsamplers = clip.clip, clip.prior, clip.decoder, clip.upsamplers
     if isinstance(clip, CLIP):  # a bare toy CLIP: the byte tokenizer of its context length
@@ -293,12 +241,14 @@ def save_pipeline(path, clip, prior=None, decoder=None, upsamplers=()) -> None:
         model, tokenizer, kind = clip.model, clip.tokenizer, clip.kind
     if decoder is None or not isinstance(tokenizer, ByteTokenizer):
         raise ValueError("save_pipeline needs a decoder, and a CLIP with the ByteTokenizer")
-    ckpt = {"format": FORMAT, "clip": _entry(model, kind=kind),
+    entry = lambda m, **extra: {"config": asdict(m.config if isinstance(m, CLIP) else m.cfg),
+                                "state_dict": m.state_dict(), **extra}  # CLIP keeps OpenAI's name
+    ckpt = {"format": FORMAT, "clip": entry(model, kind=kind),
             "tokenizer": {"kind": "byte", "context_length": tokenizer.context_length,
                           "truncate": tokenizer.truncate},
-            "decoder": _entry(decoder), "upsamplers": [_entry(up) for up in upsamplers]}
+            "decoder": entry(decoder), "upsamplers": [entry(up) for up in upsamplers]}
     if prior is not None:
-        ckpt["prior"] = _entry(prior, kind="ar" if isinstance(prior, ARPrior) else "diffusion")
+        ckpt["prior"] = entry(prior, kind="ar" if isinstance(prior, ARPrior) else "diffusion")
     torch.save(ckpt, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
@@ -319,29 +269,20 @@ def _read(path) -> dict:
 
 
 def _build(cls, config_cls, entry, what: str, where):
-    """A module from {"config", "state_dict"} (other keys ignored); a mismatch names the file."""
-    if not isinstance(entry, dict) or not {"config", "state_dict"} <= entry.keys():
-        found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-        raise ValueError(f"{where}: the {what} entry holds {found}, not config and state_dict; "
-                         f"{HINT}")
     try:
         module = cls(config_cls(**entry["config"]))
         module.load_state_dict(entry["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. no "config", other shapes
         raise ValueError(f"{where}: the {what} checkpoint does not fit this code's {cls.__name__} "
-                         f"({str(e)[:300]}); {HINT}") from None
+                         f"({type(e).__name__}: {str(e)[:300]}); {HINT}") from None
     return module
 
 
 def _assemble(ckpt: dict, where, device) -> UnCLIP:
-    """An UnCLIP from the one-file layout of save_pipeline, on `device`."""
-    if "format" not in ckpt:
-        hint = " (one stage's file? pass the folder that holds them)" if "config" in ckpt else ""
-        raise ValueError(f"{where} is not a tinyunclip pipeline file: it has keys {sorted(ckpt)}"
-                         f"{hint}; {HINT}")
-    if ckpt["format"] != FORMAT:
-        raise ValueError(f"{where} has pipeline format version {ckpt['format']!r}; this unclip.py "
-                         f"reads version {FORMAT}. Use the unclip.py that wrote it, or {HINT}")
+    if ckpt.get("format") != FORMAT:
+        hint = "one stage's file? pass its folder" if "config" in ckpt else "use the unclip.py that wrote it"
+        raise ValueError(f"{where} has format version {ckpt.get('format')!r} (keys {sorted(ckpt)}), but this "
+                         f"unclip.py reads version {FORMAT} pipeline files: {hint}, or {HINT}")
     missing = [k for k in ("clip", "tokenizer", "decoder") if ckpt.get(k) is None]
     prior = ckpt.get("prior")
     kind = prior.get("kind", "diffusion") if isinstance(prior, dict) else "diffusion"
@@ -366,12 +307,9 @@ def load_pipeline(path, device="cpu") -> UnCLIP:
 
 
 def from_stage_checkpoints(folder, device="cpu") -> UnCLIP:
-    """The UnCLIP from the per-stage files train_toy.py writes: clip.pt and decoder.pt (needed),
-    prior.pt or ar_prior.pt, up1.pt, up2.pt (used when present). Each holds {"config",
-    "state_dict"}; other keys (resume state) are ignored. The CLIP gets the byte tokenizer."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no folder {folder}; {HINT}")
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    """The UnCLIP from train_toy.py's per-stage files: clip.pt and decoder.pt, and prior.pt or
+    ar_prior.pt, up1.pt, up2.pt when present; their resume state is ignored."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if os.path.isdir(folder) else []
     if not {"clip.pt", "decoder.pt"} <= set(files):
         raise FileNotFoundError(f"{folder} needs clip.pt and decoder.pt (found: "
                                 f"{', '.join(files) or 'no .pt files'}); {HINT}")
@@ -384,11 +322,8 @@ def from_stage_checkpoints(folder, device="cpu") -> UnCLIP:
                       "prior": prior, "upsamplers": ups}, folder, device)
 
 
-# ---------------------------------------------------------------------- command line
 EXAMPLES = """examples:
   python unclip.py "a red circle in the top left" --checkpoint runs/toy/unclip.pt --n 8
-  python unclip.py "a green square" "a large blue cross" --seed 1 --guidance 5 --stage decoder
-  python unclip.py "a yellow triangle" --checkpoint runs/toy   # the per-stage files of train_toy.py
   python unclip.py "a red circle" --embedding text             # zero-shot: decode z_t, no prior
   python unclip.py --variations photo.png --n 6 --out variations.png
   python unclip.py --interpolate a.png b.png --n 8 --invert --out interpolation.png
@@ -396,60 +331,41 @@ EXAMPLES = """examples:
 A user error (bad caption, image or checkpoint) prints a message and exits with status 2."""
 
 
-def check_caption(caption: str, tokenizer, strict: bool) -> None:
-    """Empty: an error. Longer than the context: a warning (the tokenizer truncates), or with
-    strict an error."""
-    if not caption.strip():
-        raise ValueError('empty caption: give some text, e.g. "a red circle in the top left"')
-    needed, L = len(tokenizer.encode(caption)) + 2, tokenizer.context_length  # + start, end
-    if needed > L:
-        message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
-        if strict:
-            raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
-        print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
-
-
 def read_image(path: str, size: int) -> torch.Tensor:
-    """Any readable image -> [1, 3, size, size] in [-1, 1]: converted to RGB, center-cropped to
-    a square and resized, each change noted on stderr."""
+    """Any readable image -> [1, 3, size, size] in [-1, 1]: RGB, center-cropped, resized (noted)."""
     try:
         image = Image.open(path)
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    notes, (w, h), side = [], image.size, min(image.size)
-    if image.mode != "RGB":
-        notes.append(f"converted from mode {image.mode} to RGB")
-    if w != h:
-        notes.append(f"center-cropped {w}x{h} to {side}x{side}")
-    if side != size:
-        notes.append(f"resized to {size}x{size}, the decoder's resolution")
+    (w, h), side = image.size, min(image.size)
+    changes = ((image.mode != "RGB", f"converted from mode {image.mode} to RGB"),
+               (w != h, f"center-cropped {w}x{h} to {side}x{side}"),
+               (side != size, f"resized to {size}x{size}, the decoder's resolution"))
+    notes = [note for changed, note in changes if changed]
     if notes:
         print(f"note: {path}: {'; '.join(notes)}", file=sys.stderr)
     image = ImageOps.fit(image.convert("RGB"), (size, size), Image.BICUBIC)  # center crop, resize
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1  # [size, size, 3]
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
 
 
-def progress_printer(stream=None):
-    """progress(stage, step, steps) printing about four lines per stage, with its rate, to
-    stream (default: sys.stderr at the time of printing)."""
-    clock = {"last": time.perf_counter()}
+def progress_printer():
+    """progress(stage, step, steps) printing about four lines per stage, with its rate, on stderr."""
+    start = last = time.perf_counter()
 
     def progress(stage, i, n):
-        now = time.perf_counter()
+        nonlocal start, last
         if i == 1:  # a stage begins where the previous report ended
-            clock["start"] = clock["last"]
-        clock["last"] = now
+            start = last
+        last = time.perf_counter()
         if i == n or i % max(1, n // 4) == 0:
-            rate = i / max(now - clock["start"], 1e-9)
-            print(f"{stage} step {i}/{n} {rate:.1f} it/s", file=stream or sys.stderr, flush=True)
+            print(f"{stage} step {i}/{n} {i / max(last - start, 1e-9):.1f} it/s", file=sys.stderr, flush=True)
     return progress
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Sample unCLIP: text -> image, and the applications "
-                                "of [unCLIP] Sec. 3.", epilog=EXAMPLES,
+    p = argparse.ArgumentParser(description="Sample unCLIP: text -> image, and the applications of "
+                                "[unCLIP] Sec. 3.", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("captions", nargs="*", help="caption(s) to draw, one grid row each")
     p.add_argument("--checkpoint", default="runs/toy/unclip.pt",
@@ -461,8 +377,7 @@ def main(argv=None) -> int:
                       help="move IMAGE along z_t(NEW) - z_t(OLD), θ from 0 to 0.5 (Sec. 3.3)")
     p.add_argument("--n", type=int, default=8, help="images per caption, or frames (default 8)")
     p.add_argument("--out", default="out.png", help="grid PNG to write (default out.png)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="image j of caption k uses seed + 10000 k + j (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="image j of caption k uses seed + 10000 k + j")
     p.add_argument("--prior-steps", type=int, default=64)
     p.add_argument("--steps", type=int, default=50, help="decoder steps (default 50)")
     p.add_argument("--upsampler-steps", type=int, nargs="+", help="one value, or one per stage")
@@ -474,9 +389,8 @@ def main(argv=None) -> int:
     p.add_argument("--invert", action="store_true", help="start from DDIM-inverted x_T")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--strict", action="store_true", help="an over-long caption is an error")
-    args = p.parse_args(argv)
     try:
-        run(args)
+        run(p.parse_args(argv))
     except (ValueError, OSError) as e:  # user errors: a message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -484,42 +398,44 @@ def main(argv=None) -> int:
 
 
 def run(args) -> None:
-    """The CLI's work, given parsed args; a user error raises ValueError or OSError."""
-    if args.n < (2 if args.interpolate else 1):
-        raise ValueError(f"--n must be at least {2 if args.interpolate else 1}, got {args.n}")
-    if args.captions and (args.variations or args.interpolate or args.text_diff):
-        raise ValueError("captions are not used with --variations, --interpolate or --text-diff")
+    n, edit = args.n, args.variations or args.interpolate or args.text_diff
+    if n < (2 if args.interpolate else 1):
+        raise ValueError(f"--n must be at least {2 if args.interpolate else 1}, got {n}")
+    if bool(args.captions) == bool(edit):
+        raise ValueError('give a caption, e.g. "a red circle", or one of --variations, --interpolate '
+                         "and --text-diff, not both (see --help)")
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     device = {"auto": "cuda" if cuda else "mps" if mps else "cpu"}.get(args.device, args.device)
-    if (device == "cuda" and not cuda) or (device == "mps" and not mps):
+    if not {"cpu": True, "cuda": cuda, "mps": mps}[device]:
         raise ValueError(f"--device {device} is not available here; use cpu or auto")
     load = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
-    pipe, n, steps = load(args.checkpoint, device), args.n, args.upsampler_steps
-    S = pipe.image_size  # input images are brought to the decoder's size
-    options = dict(decoder_steps=args.steps, decoder_guidance=args.guidance, stages=args.stage,
+    pipe, steps = load(args.checkpoint, device), args.upsampler_steps
+    options = dict(seed=args.seed, decoder_steps=args.steps, decoder_guidance=args.guidance,
                    upsampler_steps=steps[0] if steps and len(steps) == 1 else steps,
-                   progress=progress_printer())
+                   stages=args.stage, progress=progress_printer())
     for caption in args.captions + (args.text_diff[1:] if args.text_diff else []):
-        check_caption(caption, pipe.clip.tokenizer, args.strict)
+        if not caption.strip():
+            raise ValueError('empty caption: give some text, e.g. "a red circle in the top left"')
+        needed, L = len(pipe.clip.tokenizer.encode(caption)) + 2, pipe.clip.tokenizer.context_length
+        if needed > L:  # (start and end tokens count) truncated: a warning, or with --strict an error
+            message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
+            if args.strict:
+                raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
+            print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
+    read = lambda path: read_image(path, pipe.image_size)  # input images: the decoder's size
     if args.variations:
-        x = read_image(args.variations, S)
-        eta = 1.0 if args.eta is None else args.eta
-        out = pipe.variations(x, n, eta, args.seed, args.invert, **options)
+        x, eta = read(args.variations), 1.0 if args.eta is None else args.eta
+        out = pipe.variations(x, n, eta, invert=args.invert, **options)
         shown, labels = [x], ["input"] + [f"variation {j + 1}" for j in range(n)]
     elif args.interpolate:
-        a, b = (read_image(path, S) for path in args.interpolate)
-        out = pipe.interpolate(a, b, n, args.seed, args.invert, **options)
+        out = pipe.interpolate(*map(read, args.interpolate), n, invert=args.invert, **options)
         shown, labels = [], [f"theta {t:.2f}" for t in torch.linspace(0, 1, n).tolist()]
     elif args.text_diff:
-        x = read_image(args.text_diff[0], S)
-        thetas = torch.linspace(0, 0.5, n).tolist()
-        out = pipe.text_diff(x, *args.text_diff[1:], thetas, args.seed, **options)
+        x, thetas = read(args.text_diff[0]), torch.linspace(0, 0.5, n).tolist()
+        out = pipe.text_diff(x, *args.text_diff[1:], thetas, **options)
         shown, labels = [x], ["input"] + [f"theta {t:.2f}" for t in thetas]
     else:
-        if not args.captions:
-            raise ValueError('give a caption, e.g. "a red circle", or --variations, '
-                             "--interpolate or --text-diff (see --help)")
-        out = pipe.generate(args.captions, n, args.seed, args.prior_steps, eta=args.eta,
+        out = pipe.generate(args.captions, n, prior_steps=args.prior_steps, eta=args.eta,
                             embedding=args.embedding, **options)
         shown, labels = [], [c if j == 0 else "" for c in args.captions for j in range(n)]
     images = out["images"][-1].cpu()

@@ -110,6 +110,24 @@ def test_eps_x0_conversions_round_trip(diff):
     assert torch.allclose(diff.eps_to_x0(diff.q_sample(x0, t, eps), t, eps), x0, atol=1e-3)
 
 
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
+def test_each_parameterisation_recovers_x0_and_zero_loss(mean_type):
+    """A net that outputs the exact target of its mean_type has zero mse and predicts x_0."""
+    d = GaussianDiffusion(cosine_betas(100), mean_type=mean_type, var_type="fixed_small")
+    g = torch.Generator().manual_seed(3)
+    x_0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 50, 99])
+    a, b = d.sqrt_alpha_bar[t].view(-1, 1, 1, 1), d.sqrt_one_minus_alpha_bar[t].view(-1, 1, 1, 1)
+    target = {"eps": eps, "x0": x_0, "v": a * eps - b * x_0}[mean_type]  # v: [PD] Sec. 4
+    x_t = d.q_sample(x_0, t, eps)
+    p = d.p_mean_variance(target, x_t, t)
+    assert torch.allclose(p["pred_x0"], x_0, atol=1e-3) and torch.allclose(p["pred_eps"], eps, atol=2e-2)
+    terms = d.training_losses(lambda x, s: target, x_0, t, noise=eps)
+    assert terms["mse"].max().item() < 1e-10
+    wrong = d.training_losses(lambda x, s: torch.zeros_like(x), x_0, t, noise=eps)
+    assert wrong["mse"].min().item() > 0.01
+
+
 def test_learned_range_endpoints(diff):
     x_t, t = torch.zeros(3, 2), torch.tensor([1, 200, 999])
     for v, table in ((1.0, diff.log_betas), (-1.0, diff.posterior_log_var)):
@@ -155,7 +173,7 @@ def test_bad_input_errors(diff):
     with pytest.raises(ValueError, match="shape"):
         diff.training_losses(lambda x_t, t: torch.zeros(2, 3, 4, 4), x, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="mean_type"):
-        GaussianDiffusion(cosine_betas(10), mean_type="v")
+        GaussianDiffusion(cosine_betas(10), mean_type="velocity")
     with pytest.raises(ValueError, match="clip"):
         diff.p_mean_variance(torch.zeros(2, 6, 4, 4), x, torch.tensor([1, 2]), clip="soft")
 

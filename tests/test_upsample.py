@@ -215,7 +215,7 @@ def test_save_load_round_trip(tmp_path):
 def test_config_validation_and_stages():
     s1, s2 = stage_config(1), stage_config(2)
     assert (s1.low_res, s1.high_res, s1.degradation, s1.sample_steps) == (32, 64, "blur", 27)
-    assert (s2.low_res, s2.high_res, s2.degradation, s2.sample_steps) == (64, 128, "bsr", 15)
+    assert (s2.low_res, s2.high_res, s2.degradation, s2.sample_steps) == (64, 128, "blur", 15)
     assert s2.schedule == "linear"  # [unCLIP] Table 3 for the last stage
     with pytest.raises(ValueError, match="multiple"):
         UpsamplerConfig(low_res=8, high_res=20, channel_mults=(1, 2, 2))
