@@ -10,14 +10,12 @@ Symbols (names in the code -> paper)
     context   tokens every attention layer also attends to [B, K, W]: caption states + 4 z_i tokens
     keep_*    bool [B]; False drops that condition. Training dropout and the unconditional half of
               classifier-free guidance [CFG] are the same code path.
-    out       output channels [:C] predict eps (the noise; [GLIDE], [unCLIP]) or x_0
-              (cfg.mean_type); channels [C:] are the variance interpolation v in [-1, 1] of
-              [IDDPM] Eq. 15 (learned-range variance, when cfg.learn_sigma)
+    out       channels [:C] predict eps ([GLIDE], [unCLIP]), x_0 or v (cfg.mean_type); channels [C:]
+              are the variance interpolation v in [-1, 1] of [IDDPM] Eq. 15 (when cfg.learn_sigma)
 
 ADM is the U-Net of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs"), which [GLIDE] and
-[unCLIP] build on. The same UNet with clip_dim=0, text_layers=0 and attention_resolutions=() is
-the conv-only network of the upsamplers (upsample.py); in_channels may then differ from
-out_channels.
+[unCLIP] build on. With clip_dim=0, text_layers=0 and attention_resolutions=() it is the conv-only
+network of the upsamplers (upsample.py), whose in_channels differ from out_channels.
 """
 
 import math
@@ -65,8 +63,7 @@ class UNetConfig:
         if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
             raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
         if self.text_layers and self.text_width % self.text_heads:
-            raise ValueError(f"text_width {self.text_width} must be a multiple of text_heads "
-                             f"{self.text_heads}")
+            raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
 
 @dataclass
@@ -79,11 +76,10 @@ class DecoderConfig(UNetConfig):
     # [IDDPM] learned-range variance (out_channels = 2 C, hybrid loss); False = fixed beta~_t
     # variance and the plain eps MSE of [DDPM] (out_channels = C), for the ablation
     learn_sigma: bool = True
-    # What the net predicts: "eps" as in [GLIDE]/[unCLIP], "x0", or "v" [PD]. Counted as x_0
-    # errors, the eps MSE weighs them by SNR(t): next to nothing at the high noise levels where
-    # layout and colour are decided. The x0 MSE weighs all levels alike, and so little the low
-    # noise levels that draw edges; v (weight 1 + SNR) keeps both. train_toy.py uses v (README,
-    # "The decoder").
+    # What the net predicts: "eps" as in [GLIDE]/[unCLIP], "x0", or "v" [PD]. Counted as x_0 errors, the
+    # eps MSE weighs them by SNR(t): next to nothing at the high noise levels where layout and colour are
+    # decided. The x0 MSE weighs all levels alike, and so little the low noise levels that draw edges;
+    # v (weight 1 + SNR) keeps both. train_toy.py uses v (README, "The decoder").
     mean_type: str = "eps"
 
 
@@ -108,8 +104,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    """[IDDPM]/ADM residual block with timestep scale-shift ("adaptive group norm"):
-    h = conv(SiLU(GN(x))); h = GN(h) * (1 + scale) + shift; h = conv(dropout(SiLU(h))); x + h."""
+    """[IDDPM]/ADM residual block; emb scales and shifts the second norm ("adaptive group norm")."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
         super().__init__()
@@ -150,8 +145,8 @@ class AttentionBlock(nn.Module):
         if context is not None:
             ck, cv = self.context_kv(context).chunk(2, dim=-1)  # each [B, K, C]
             k, v = torch.cat([k, ck], dim=1), torch.cat([v, cv], dim=1)  # [B, HW+K, C]
-            spatial = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
-            attn_mask = torch.cat([spatial, context_mask], dim=1)[:, None, None, :]  # [B,1,1,HW+K]
+            # [B, 1, 1, HW+K]: the spatial keys are always visible, the context ones where unmasked
+            attn_mask = F.pad(context_mask, (H * W, 0), value=True)[:, None, None, :]
         q, k, v = (a.reshape(B, a.shape[1], self.heads, -1).transpose(1, 2) for a in (q, k, v))
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, HW, hs]
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))  # [B, HW, C]
@@ -166,8 +161,7 @@ class TextBlock(nn.Module):
         self.heads = heads
         self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
-                                 nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, W = x.shape
@@ -187,14 +181,12 @@ class CaptionEncoder(nn.Module):
 
     def __init__(self, cfg: UNetConfig, emb_dim: int):
         super().__init__()
-        self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
-        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length,
-                                                                     cfg.text_width))
-        self.blocks = nn.ModuleList(TextBlock(cfg.text_width, cfg.text_heads)
-                                    for _ in range(cfg.text_layers))
-        self.ln_final = nn.LayerNorm(cfg.text_width)
-        self.to_emb = nn.Linear(cfg.text_width, emb_dim)
+        self.cfg, W = cfg, cfg.text_width
+        self.token_embedding = nn.Embedding(cfg.vocab_size, W)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length, W))
+        self.blocks = nn.ModuleList(TextBlock(W, cfg.text_heads) for _ in range(cfg.text_layers))
+        self.ln_final = nn.LayerNorm(W)
+        self.to_emb = nn.Linear(W, emb_dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor):
         B, L = tokens.shape
@@ -207,8 +199,7 @@ class CaptionEncoder(nn.Module):
 
     def check(self, tokens, mask, keep):
         cfg = self.cfg
-        bad_shape = tokens.dim() != 2 or mask is None or mask.shape != tokens.shape
-        if bad_shape or mask.dtype != torch.bool:
+        if tokens.dim() != 2 or mask is None or mask.shape != tokens.shape or mask.dtype != torch.bool:
             raise ValueError("tokens must be int64 [B, L] with a bool mask of the same shape "
                              "(use FrozenCLIP.tokenize)")
         if tokens.shape[1] > cfg.context_length:
@@ -236,9 +227,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
         context_width = W if (cfg.clip_dim or cfg.text_layers) else 0
         if cfg.clip_dim:
-            # [unCLIP] Sec. 2.1: z_i is projected and added to the timestep embedding, and
-            # projected into clip_tokens context tokens. Always a Linear, never an identity,
-            # whatever the widths; the learned null embedding stands in for a dropped z_i.
+            # [unCLIP] Sec. 2.1: z_i is projected onto the timestep embedding and into clip_tokens context
+            # tokens (Linears even when the widths match); a learned null stands in for a dropped z_i.
             self.image_to_emb = nn.Linear(cfg.clip_dim, E)
             self.image_to_tokens = nn.Linear(cfg.clip_dim, cfg.clip_tokens * W)
             self.null_image_embed = nn.Parameter(torch.randn(cfg.clip_dim) / cfg.clip_dim**0.5)
@@ -288,8 +278,7 @@ class UNet(nn.Module):
         context, context_mask = [], []
         if tokens is not None:
             if self.text is None:
-                raise ValueError("tokens given, but this UNet has no caption encoder "
-                                 "(text_layers=0); pass tokens=None")
+                raise ValueError("tokens given, but this UNet has no caption encoder (text_layers=0)")
             keep = ones if keep_text is None else keep_text
             self.text.check(tokens, mask, keep)
             states, pooled = self.text(tokens, mask)  # [B, L, W], [B, E]
@@ -303,10 +292,9 @@ class UNet(nn.Module):
                 z_i, keep = null, ~ones
             elif z_i.shape != (B, cfg.clip_dim):
                 raise ValueError(f"z_i must be [B, {cfg.clip_dim}], got {tuple(z_i.shape)}")
-            z = torch.where(keep[:, None], z_i, null)  # [B, D]
             # unit-norm z_i has entries of about 1/√D: scaled by √D the projections start at the
             # same size as the timestep embedding instead of √D times smaller (as the prior does)
-            z = z * cfg.clip_dim**0.5
+            z = torch.where(keep[:, None], z_i, null) * cfg.clip_dim**0.5  # [B, D]
             emb = emb + self.image_to_emb(z)
             context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
             context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
@@ -354,47 +342,40 @@ class UNet(nn.Module):
 
 
 class Decoder(nn.Module):
-    """P(x_0 | z_i, y) [unCLIP] Sec. 2.1: the UNet trained as an eps- (or x_0-) predicting
-    diffusion with learned-range variance (the [IDDPM] hybrid loss) on a cosine schedule."""
+    """P(x_0 | z_i, y) [unCLIP] Sec. 2.1: the UNet as a diffusion model, [IDDPM] cosine schedule."""
 
     def __init__(self, cfg: DecoderConfig | None = None):
         super().__init__()
         cfg = self.cfg = cfg if cfg is not None else DecoderConfig()
         want = (2 if cfg.learn_sigma else 1) * cfg.in_channels
         if cfg.out_channels != want:
-            raise ValueError(f"learn_sigma={cfg.learn_sigma} needs out_channels = {want}, got "
-                             f"{cfg.out_channels}")
+            raise ValueError(f"out_channels={cfg.out_channels}, learn_sigma={cfg.learn_sigma} needs {want}")
         if not (0 <= cfg.p_drop_image <= 1 and 0 <= cfg.p_drop_text <= 1):
             raise ValueError("p_drop_image and p_drop_text are probabilities in [0, 1]")
         self.net = UNet(cfg)
         self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), mean_type=cfg.mean_type,
                                            var_type="learned_range" if cfg.learn_sigma else "fixed_small")
 
-    def _check_images(self, x: torch.Tensor, name: str) -> None:
-        cfg = self.cfg
-        if x.dim() != 4 or tuple(x.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"{name} must be [B, {cfg.in_channels}, {cfg.image_size}, "
-                             f"{cfg.image_size}] in [-1, 1], got {tuple(x.shape)}; resize the "
-                             "images or set image_size")
+    def _check_images(self, x_0: torch.Tensor) -> None:
+        C, S = self.cfg.in_channels, self.cfg.image_size
+        if x_0.dim() != 4 or tuple(x_0.shape[1:]) != (C, S, S):
+            raise ValueError(f"x_0 must be [B, {C}, {S}, {S}] in [-1, 1], got {tuple(x_0.shape)}; "
+                             "resize the images or set image_size")
 
     def loss_terms(self, x_0, z_i, tokens, mask, generator=None) -> dict:
-        """Batch means of the hybrid loss and its parts: dict(loss, mse, vb), scalars.
-
-        x_0 [B, C, S, S] in [-1, 1]; z_i [B, D] or None; tokens, mask [B, L] or None.
-        t, the noise and both dropout masks are drawn from `generator` (if given)."""
-        self._check_images(x_0, "x_0")
+        """Batch means of the hybrid loss and its parts: dict(loss, mse, vb), scalars. z_i and the
+        caption may be None; t, the noise and both dropout masks are drawn from `generator`."""
+        self._check_images(x_0)
         cfg, B, device = self.cfg, x_0.shape[0], x_0.device
         gen_device = generator.device if generator is not None else device
         rand = lambda: torch.rand(B, generator=generator, device=gen_device).to(device)
         # t ~ Uniform{0, ..., T-1}: one term of L_vlb = T * E_t[L_t] per sample [IDDPM] Sec. 3.1
-        t = torch.randint(0, cfg.timesteps, (B,), generator=generator, device=gen_device)
+        t = torch.randint(0, cfg.timesteps, (B,), generator=generator, device=gen_device).to(device)
         noise = torch.randn(x_0.shape, generator=generator, device=gen_device).to(device)
-        # [unCLIP] Sec. 2.1: drop z_i with p_drop_image and the caption with p_drop_text,
-        # independently; the net replaces a dropped z_i by its learned null embedding.
+        # [unCLIP] Sec. 2.1: drop z_i and the caption independently (a dropped z_i becomes the null)
         keep_image, keep_text = rand() >= cfg.p_drop_image, rand() >= cfg.p_drop_text
-        terms = self.diffusion.training_losses(
-            self.net, x_0, t.to(device), noise=noise, z_i=z_i, tokens=tokens, mask=mask,
-            keep_image=keep_image, keep_text=keep_text)
+        terms = self.diffusion.training_losses(self.net, x_0, t, noise=noise, z_i=z_i, tokens=tokens,
+                                               mask=mask, keep_image=keep_image, keep_text=keep_text)
         return {name: value.mean() for name, value in terms.items()}
 
     def loss(self, x_0, z_i, tokens, mask, generator=None) -> torch.Tensor:
@@ -405,8 +386,7 @@ class Decoder(nn.Module):
         """model(x_t, t) for the samplers; with guidance, one forward on [cond; uncond]."""
         if guidance_scale == 1.0:  # [CFG] Eq. 6 with s = 1 is the conditional model
             return lambda x_t, t: self.net(x_t, t, z_i=z_i, tokens=tokens, mask=mask)
-        both = lambda a: None if a is None else torch.cat([a, a])
-        z2, tokens2, mask2 = both(z_i), both(tokens), both(mask)
+        z2, tokens2, mask2 = (None if a is None else torch.cat([a, a]) for a in (z_i, tokens, mask))
 
         def guided(x_t, t):
             B = x_t.shape[0]
@@ -418,52 +398,43 @@ class Decoder(nn.Module):
             return guide(*out.chunk(2), guidance_scale, learned_var=self.cfg.learn_sigma)
         return guided
 
-    def _batch_size(self, z_i, tokens, noise) -> int:
-        for a in (z_i, tokens, noise):
-            if a is not None:
-                return a.shape[0]
-        raise ValueError("give z_i, tokens or noise: the batch size comes from one of them")
-
     @torch.no_grad()
     def sample(self, z_i, tokens, mask, steps: int = 50, guidance_scale: float = 3.0,
                eta: float | None = None, noise=None, generator=None, progress=None):
         """Images [B, C, S, S] in [-1, 1] from z_i [B, D] and/or a caption (tokens, mask [B, L]).
-
-        steps: respaced sampling [IDDPM] Sec. 4 (the paper uses 250). eta=None is ancestral
-        sampling with the learned variance, eta=float DDIM [DDIM] Eq. 12. noise: x_T.
-        Call .eval() first if the config has dropout."""
-        cfg = self.cfg
-        shape = (self._batch_size(z_i, tokens, noise), cfg.in_channels, cfg.image_size,
-                 cfg.image_size)
+        steps: respaced sampling [IDDPM] Sec. 4 (the paper uses 250). eta=None is ancestral sampling
+        with the learned variance, eta=float DDIM [DDIM] Eq. 12. noise: x_T. Call .eval() first."""
+        B = next((a.shape[0] for a in (z_i, tokens, noise) if a is not None), None)
+        if B is None:
+            raise ValueError("give z_i, tokens or noise: the batch size comes from one of them")
+        shape = (B, self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
         model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
         return self.diffusion.respace(steps).sample(model_fn, shape, eta=eta, noise=noise,
-                                                    generator=generator, clip="static",
-                                                    progress=progress)
+                                                    generator=generator, clip="static", progress=progress)
 
     @torch.no_grad()
     def invert(self, x_0, z_i, tokens, mask, steps: int = 50, guidance_scale: float = 1.0):
         """x_T [B, C, S, S] from images by deterministic DDIM inversion [DDIM] Sec. 4.3, used
         for variations and interpolations [unCLIP] Sec. 3; sample(eta=0.0, noise=x_T) with
         the same steps and guidance_scale reconstructs x_0."""
-        self._check_images(x_0, "x_0")
+        self._check_images(x_0)
         model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
         return self.diffusion.respace(steps).ddim_invert(model_fn, x_0)
 
     def save(self, path: str) -> None:
-        """{"config", "state_dict"}, written to a temporary file and renamed, so a crash never
-        leaves a half-written checkpoint in place of a good one."""
+        """{"config", "state_dict"}, written to path.tmp and renamed: a crash never leaves half a file."""
         torch.save({"config": asdict(self.cfg), "state_dict": self.state_dict()}, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
 
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "Decoder":
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        known = {f.name for f in fields(DecoderConfig)}
         if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not a decoder checkpoint (no config/state_dict)")
-        if set(ckpt["config"]) - known:
-            raise ValueError(f"{path}: config fields {sorted(set(ckpt['config']) - known)} are not "
-                             "DecoderConfig fields; is it a checkpoint of another model?")
+        unknown = sorted(set(ckpt["config"]) - {f.name for f in fields(DecoderConfig)})
+        if unknown:
+            raise ValueError(f"{path}: config fields {unknown} are not DecoderConfig fields; is it a "
+                             "checkpoint of another model?")
         model = cls(DecoderConfig(**ckpt["config"]))
         try:
             model.load_state_dict(ckpt["state_dict"])
