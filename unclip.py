@@ -48,6 +48,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
     return (w_a * a2 + w_b * b2).to(a.dtype).reshape(-1, *a.shape[1:])
 
 
+def to_pil(images: torch.Tensor) -> list:
+    """[B, 3, H, W] in [-1, 1] (e.g. generate(...)["images"][-1]) -> B RGB PIL images, 8 bits."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+
+
 class UnCLIP:
     """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free baselines and
     the image applications run); decoder: Decoder; upsamplers: 0-2, each fed the previous size."""

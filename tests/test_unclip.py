@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,10 @@ def test_generate_sizes_stages_and_seed(pipe):
     assert torch.equal(out["up2"], again["up2"]) and torch.equal(out["z_i"], again["z_i"])
     assert not torch.allclose(out["decoder"], other["decoder"], atol=1e-3)
     assert not torch.allclose(out["decoder"][0], out["decoder"][1], atol=1e-3)  # n images differ
+    pil = unclip.to_pil(out["up2"])
+    assert len(pil) == 4 and pil[0].size == (32, 32) and pil[0].mode == "RGB"
+    back = torch.from_numpy(np.asarray(pil[0], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    assert (back - out["up2"][0]).abs().max() <= 1 / 127.5 + 1e-6  # 8-bit rounding only
     small = pipe.generate(["a red circle"], seed=1, stages="decoder", **GEN)
     assert set(small) == {"z_i", "decoder", "images"}
     assert set(pipe.generate("a red circle", stages="prior", **GEN)) == {"z_i", "images"}
