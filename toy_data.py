@@ -1,19 +1,16 @@
 """The toy world: Shapes scenes and captions, an exact evaluator, metrics, real-data loaders.
 
 Shapes is a procedurally rendered, captioned dataset with a known ground truth, so an image
-generated from a caption can be checked exactly (DESIGN.md, "The toy world"). A scene is one
-object (or a left and a right one) on a plain background; no download, infinite, seeded.
+generated from a caption can be checked exactly (DESIGN.md, "The toy world"): one object (or a
+left and a right one) on a plain background; no download, infinite, seeded.
 
 Symbols and names
-    scene      a `Scene`: objects (colour, shape, size, position, jitter) and a background
     attrs      the full truth of a scene, e.g. {"colour": "red", "shape": "circle", ...}
-    y          a caption; `named` = the attributes it names (`parse_caption(y) == named`)
+    y, named   a caption and the attributes it names (`parse_caption(y) == named`)
     x          images [B, 3, H, W] in [-1, 1]; the 32/64/128 views of one scene agree
-    b, p       background colour, object colour (RGB in [0, 1])
-    c          per-pixel object coverage: a pixel is x = b + c (p - b), c in [0, 1]
+    b, p, c    background and object colour (RGB in [0, 1]), coverage: a pixel is x = b + c (p - b)
     C_n        complex moment sum c (z - z_bar)^n, z = column + i row; blur leaves it unchanged
     z_i, z_t   unit CLIP image / caption embeddings [B, D] (only the metrics see them)
-    mu, S      mean and covariance of a set of embeddings (Frechet distance)
 """
 
 import math
@@ -100,9 +97,9 @@ def _object(rng, colour, shape, position) -> Obj:
 
 
 def sample_scene(rng: np.random.Generator, holdout=(), two_objects=False) -> Scene:
-    """A random scene; (colour, shape) pairs in `holdout` are never drawn (to draw only some
-    pairs, hold out all the others). two_objects: a left and a right object with different
-    colours and shapes, for the attribute-binding experiment ([unCLIP] Sec. 7, limitations)."""
+    """A random scene; (colour, shape) pairs in `holdout` are never drawn (to draw only some pairs,
+    hold out all the others). two_objects: a left and a right object with different colours and
+    shapes, for the attribute-binding experiment ([unCLIP] Sec. 7, limitations)."""
     pairs = allowed_pairs(holdout)
     background, first = BACKGROUNDS[rng.integers(3)], pairs[rng.integers(len(pairs))]
     if not two_objects:
@@ -133,8 +130,8 @@ def _check_sizes(sizes):
 
 
 def render(scene: Scene, sizes=(32,)) -> dict:
-    """{size: [3, size, size] in [-1, 1]}: one 256x256 drawing, halved by 2x2 averaging down
-    to each size (antialiasing), so the 32, 64 and 128 views of a scene agree."""
+    """{size: [3, size, size] in [-1, 1]}: one 256x256 drawing, halved by 2x2 averaging down to
+    each size (antialiasing), so the 32, 64 and 128 views of a scene agree."""
     _check_sizes(sizes)
     image = Image.new("RGB", (RENDER_SIZE, RENDER_SIZE), RGB[scene.background])
     draw = ImageDraw.Draw(image)
@@ -250,8 +247,7 @@ class Shapes(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i])
         scene = sample_scene(rng, self.holdout, self.two_objects)
         caption, named = make_caption(scene, rng)
-        return {"images": render(scene, self.sizes), "caption": caption, "named": named,
-                "attrs": scene.attrs}
+        return {"images": render(scene, self.sizes), "caption": caption, "named": named, "attrs": scene.attrs}
 
 
 def shapes_collate(batch: list) -> dict:
@@ -264,13 +260,12 @@ def shapes_collate(batch: list) -> dict:
 class Evaluator:
     """Reads Shapes images back into attributes. Rule-based: it shares nothing with CLIP.
 
-    Every image is read at 32x32: a larger one is area-averaged down, which reproduces the
-    32x32 render exactly. A pixel is modelled as x = b + c (p - b): b is the median colour of
-    the border; p is the palette colour whose mixing line x = b + c (p - b) fits the pixels
-    best; position is the centroid of c; shape comes from the normalized moments |C_3| (3-fold
-    symmetry: triangle) and |C_4| (4-fold: square, more for a thin-armed cross; 0: circle),
-    which an isotropic blur leaves unchanged; size is the area sum(c), given the shape.
-    The decision thresholds are measured on clean renders when the Evaluator is built.
+    Every image is read at 32x32: a larger one is area-averaged down, which reproduces the 32x32
+    render exactly. A pixel is modelled as x = b + c (p - b): b is the median colour of the border;
+    p is the palette colour whose mixing line fits the pixels best; position is the centroid of c;
+    shape comes from the normalized moments |C_3| (3-fold symmetry: triangle) and |C_4| (4-fold:
+    square, more for a thin-armed cross; 0: circle), which an isotropic blur leaves unchanged; size
+    is the area sum(c), given the shape. The thresholds are measured on clean renders in __init__.
     """
 
     def __init__(self):
@@ -283,56 +278,45 @@ class Evaluator:
         # cut halfway between the clean values (geometrically between square and cross)
         self.n3_cut = m["triangle", "large"]["n3"].item() / 2
         self.n4_cuts = (n4_square / 2, math.sqrt(n4_square * n4_cross))
-        self.area_cut = {s: math.sqrt(m[s, "small"]["area"] * m[s, "large"]["area"])
-                         for s in SHAPES}
+        self.area_cut = {s: math.sqrt(m[s, "small"]["area"] * m[s, "large"]["area"]) for s in SHAPES}
 
     def read(self, images) -> list:
         """images [B, 3, H, W] in [-1, 1] or a list of PIL, H, W >= 32 -> B ATTRIBUTES dicts."""
-        x = self._as_batch(images)
-        return [r | {"background": b} for r, b in zip(self._classify(self._measure(x)),
-                                                        self._background(x), strict=True)]
+        return self._classify(self._measure(self._as_batch(images)))
 
     def read_pair(self, images) -> list:
         """Two-object scenes -> B dicts of PAIR_ATTRIBUTES; each image half holds one object."""
         x, left = self._as_batch(images), torch.zeros(1, 1, 32, 32, dtype=torch.bool)
         left[..., :16] = True
         reads = [self._classify(self._measure(x, half)) for half in (left, ~left)]
-        return [{f"{side}_{k}": r[k] for side, r in zip(("left", "right"), pair, strict=True)
-                 for k in ("colour", "shape", "size")} | {"background": b}
-                for *pair, b in zip(*reads, self._background(x), strict=True)]
+        return [{f"{side}_{k}": r[k] for side, r in (("left", a), ("right", b))
+                 for k in ("colour", "shape", "size")} | {"background": a["background"]}
+                for a, b in zip(*reads, strict=True)]
 
     @staticmethod
     def _as_batch(images) -> torch.Tensor:  # -> [B, 3, 32, 32] in [0, 1]
         if isinstance(images, (list, tuple)):  # PIL images, maybe of different sizes
-            return torch.cat([Evaluator._as_batch(_to_tensor(im.convert("RGB"))[None])
-                              for im in images])
+            return torch.cat([Evaluator._as_batch(_to_tensor(im.convert("RGB"))[None]) for im in images])
         if images.ndim != 4 or images.shape[1] != 3 or min(images.shape[2:]) < 32:
-            raise ValueError(f"expected images [B, 3, H, W] with H, W >= 32, got "
-                             f"{tuple(images.shape)}")
+            raise ValueError(f"expected images [B, 3, H, W] with H, W >= 32, got {tuple(images.shape)}")
         if images.min() < -1.5 or images.max() > 1.5:
             raise ValueError(f"images must be in [-1, 1], got values up to {images.max():.1f} "
                              f"and down to {images.min():.1f} (map uint8 with x / 127.5 - 1)")
         return F.adaptive_avg_pool2d((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, 32)
 
     @staticmethod
-    def _border(x):  # [B, 3]: median colour of the outermost ring of pixels
-        ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=2)
-        return ring.median(dim=2).values
-
-    def _background(self, x) -> list:
-        palette = torch.tensor([RGB[b] for b in BACKGROUNDS]) / 255.0
-        return [BACKGROUNDS[i] for i in torch.cdist(self._border(x), palette).argmin(1)]
-
-    @staticmethod
     def _measure(x, region=None) -> dict:
-        """Colour index, area (pixels), centroid (fractions) and |C_3|, |C_4| of the object
-        inside `region` (bool [1, 1, 32, 32]) of each image of x [B, 3, 32, 32] in [0, 1]."""
+        """Background and colour indices, area (pixels), centroid (fractions) and |C_3|, |C_4| of
+        the object inside `region` (bool [1, 1, 32, 32]) of each image of x [B, 3, 32, 32] in [0, 1]."""
         B, _, H, W = x.shape
         region = torch.ones(1, 1, H, W, dtype=torch.bool) if region is None else region
+        ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=2)
+        b = ring.median(dim=2).values  # [B, 3]: median colour of the outermost ring of pixels
+        background = torch.cdist(b, torch.tensor([RGB[c] for c in BACKGROUNDS]) / 255.0).argmin(1)
         # a 3x3 binomial blur first: it averages pixel noise away, and C_n ignores blur
         k = torch.tensor([1.0, 2.0, 1.0])
         k = (k[:, None] * k[None] / 16).expand(3, 1, 3, 3)
-        b = Evaluator._border(x)[:, :, None, None]
+        b = b[:, :, None, None]
         d = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3) - b  # x - b
         v = torch.tensor([RGB[c] for c in COLOURS]) / 255.0 - b[:, None, :, 0, 0]  # [B, K, 3]
         # least-squares coverage for each candidate colour: c = <x - b, p - b> / |p - b|^2
@@ -353,18 +337,19 @@ class Evaluator:
         z2 = z * z
         n3 = (c * z2 * z).sum((1, 2, 3)).abs() / area**2.5  # |C_3| / area^(5/2): scale-free
         n4 = (c * z2 * z2).sum((1, 2, 3)).abs() / area**3
-        return {"colour": colour, "area": area, "x": cx / W, "y": cy / H, "n3": n3, "n4": n4}
+        return {"background": background, "colour": colour, "area": area, "x": cx / W, "y": cy / H,
+                "n3": n3, "n4": n4}
 
     def _classify(self, m: dict) -> list:
-        """Measurements -> B dicts of colour, shape, size, position."""
+        """Measurements -> B ATTRIBUTES dicts."""
         out = []
-        for k, area, x, y, n3, n4 in zip(*(m[key].tolist() for key in m), strict=True):
+        for bg, k, area, x, y, n3, n4 in zip(*(m[key].tolist() for key in m), strict=True):
             shape = ("triangle" if n3 > self.n3_cut else "circle" if n4 < self.n4_cuts[0]
                      else "square" if n4 < self.n4_cuts[1] else "cross")
             row, col = (int(u > 0.375) + int(u > 0.625) for u in (y, x))  # between GRID centres
             size = "large" if area > self.area_cut[shape] else "small"
             out.append({"colour": COLOURS[k], "shape": shape, "size": size,
-                        "position": POSITIONS[3 * row + col]})
+                        "position": POSITIONS[3 * row + col], "background": BACKGROUNDS[bg]})
         return out
 
 
@@ -383,8 +368,8 @@ def degrade(images: torch.Tensor, blur: float = 0.7, noise: float = 0.1, generat
 
 # ----------------------------------------------------------------------------- metrics
 def attribute_accuracy(reads: list, named: list) -> dict:
-    """{attr: {"acc", "n"}} over the items whose caption names attr, and "all": the fraction
-    of items with every named attribute read right. Attributes a caption leaves out are free."""
+    """{attr: {"acc", "n"}} over the items whose caption names attr, and "all": the fraction of items
+    with every named attribute read right. Attributes a caption leaves out are free."""
     if len(reads) != len(named):
         raise ValueError(f"{len(reads)} reads but {len(named)} named dicts: they must pair up")
     hits, counts, all_right = {}, {}, 0
@@ -413,16 +398,15 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     in float64 with symmetric eigendecompositions only: S_x^1/2 S_y S_x^1/2 is symmetric PSD,
     so the trace of its root is the sum of its roots of eigenvalues (no sqrtm, no NaN)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
-        raise ValueError(f"need x [N, D] and y [M, D] with N, M >= 2, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
+        raise ValueError(f"need x [N, D] and y [M, D] with N, M >= 2, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     x, y = x.detach().double().cpu(), y.detach().double().cpu()
     s_x, s_y = (torch.cov(a.T).reshape(a.shape[1], a.shape[1]) for a in (x, y))
     e, q = torch.linalg.eigh(s_x)
     root_x = (q * e.clamp_min(0).sqrt()) @ q.T  # S_x^1/2
     middle = root_x @ s_y @ root_x
     tr_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
-    return ((x.mean(0) - y.mean(0)).square().sum() + s_x.trace() + s_y.trace()
-            - 2 * tr_root).item()
+    return ((x.mean(0) - y.mean(0)).square().sum() + s_x.trace() + s_y.trace() - 2 * tr_root).item()
 
 
 def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -> Path:
@@ -443,8 +427,7 @@ def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -
     lines = [textwrap.wrap(c, max(8, int(w * scale / font.getlength("x")))) for c in captions]
     cell_w, cell_h = w * scale + pad, h * scale + 2 * pad + line * max(map(len, lines))
     ncol = min(ncol, len(images))
-    nrow = -(-len(images) // ncol)
-    sheet = Image.new("RGB", (ncol * cell_w + pad, nrow * cell_h + pad), "white")
+    sheet = Image.new("RGB", (ncol * cell_w + pad, -(-len(images) // ncol) * cell_h + pad), "white")
     draw = ImageDraw.Draw(sheet)
     for k, (im, text) in enumerate(zip(images, lines, strict=True)):
         x0, y0 = pad + k % ncol * cell_w, pad + k // ncol * cell_h
@@ -459,8 +442,7 @@ def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -
 
 
 # ----------------------------------------------------------------------------- real data
-CIFAR_TEMPLATES = ("a photo of {}", "a blurry photo of {}", "a low resolution photo of {}",
-                   "a picture of {}")
+CIFAR_TEMPLATES = ("a photo of {}", "a blurry photo of {}", "a low resolution photo of {}", "a picture of {}")
 
 
 class _NumpyOnly(pickle.Unpickler):
@@ -494,8 +476,7 @@ class CIFAR10Captions(torch.utils.data.Dataset):
         data, self.labels = [], []
         for n in names:
             batch = load(n)
-            if np.shape(batch[b"data"])[1:] != (3072,) or len(batch[b"data"]) != len(
-                    batch[b"labels"]):
+            if np.shape(batch[b"data"])[1:] != (3072,) or len(batch[b"data"]) != len(batch[b"labels"]):
                 raise ValueError(f"{root / n} is not a CIFAR-10 batch: expected data uint8 "
                                  f"[N, 3072] and N labels, got {np.shape(batch[b'data'])}")
             data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
@@ -507,15 +488,14 @@ class CIFAR10Captions(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         caption = CIFAR_TEMPLATES[i % 4].format(_a(self.classes[self.labels[i]]))
-        return {"images": {32: self.data[i].float() / 127.5 - 1}, "caption": caption,
-                "label": self.labels[i]}
+        return {"images": {32: self.data[i].float() / 127.5 - 1}, "caption": caption, "label": self.labels[i]}
 
 
 class ImageFolderCaptions(torch.utils.data.Dataset):
-    """Every image PIL can read under `root` (recursively) that has a same-named .txt caption,
-    made RGB (transparency onto white), centre-cropped square and resized to `size` (an int or
-    a tuple of sizes). Images without a caption, with an empty one, or unreadable are skipped,
-    listed in `.skipped` and counted in a warning; finding nothing usable is an error."""
+    """Every image PIL can read under `root` (recursively) that has a same-named .txt caption, made
+    RGB (transparency onto white), centre-cropped square and resized to `size` (an int or a tuple of
+    sizes). Images without a caption, with an empty one, or unreadable are skipped, listed in
+    `.skipped` and counted in a warning; finding nothing usable is an error."""
 
     def __init__(self, root, size=32):
         root = Path(root)
@@ -560,14 +540,12 @@ def main():
     """python toy_data.py: rendering speed, evaluator accuracy, and assets/shapes_grid.png."""
     for sizes in ((32,), (32, 64, 128)):
         ds, wall, cpu = Shapes(2000, sizes), time.perf_counter(), time.process_time()
-        for i in range(len(ds)):
-            ds[i]
+        [ds[i] for i in range(len(ds))]
         print(f"Shapes{sizes}: {len(ds) / (time.perf_counter() - wall):.0f} scenes/s wall, "
               f"{len(ds) / (time.process_time() - cpu):.0f} per CPU-second")
     evaluator, g = Evaluator(), torch.Generator().manual_seed(0)
     for two, size in ((two, size) for two in (False, True) for size in (32, 64, 128)):
-        ds = Shapes(1000, (size,), seed=1, two_objects=two)
-        batch = shapes_collate([ds[i] for i in range(len(ds))])
+        batch = shapes_collate([Shapes(1000, (size,), seed=1, two_objects=two)[i] for i in range(1000)])
         for blur, noise in ((0.0, 0.0), (0.7, 0.1), (1.0, 0.2)):
             x, start = degrade(batch["images"][size], blur, noise, g), time.perf_counter()
             reads = (evaluator.read_pair if two else evaluator.read)(x)

@@ -95,7 +95,7 @@ class Config:
     up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
     # CLIP learns position last (a late drop of the loss): 800 x 64 left zero-shot position at
-    # 11-14%, 1000 x 128 88% on 256 held-out renders, 2000 x 128 100% (README, "CLIP")
+    # 11-14%, 1000 x 128 95% on 64 held-out renders, 2000 x 128 100% (README, Experiments)
     opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
     opt_prior: Optim = field(default_factory=lambda: Optim(steps=600, batch=64, lr=5e-4,
                                                            beta2=0.96, weight_decay=6e-2))
@@ -103,8 +103,8 @@ class Config:
     # 600 steps its loss was log(1024), a uniform guess (README, "Experiments", 1)
     opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=1500, batch=64, lr=3e-3,
                                                               beta2=0.96, weight_decay=6e-2))
-    # EMA 0.995 (a ~200-step window): at 0.999 the averaged weights lag a net still improving
-    # fast, and read back worse than the raw ones (README, "The decoder")
+    # EMA 0.995 (a ~200-step window): a 1000-step average (0.999) lags a net still improving
+    # fast; not measured in isolation (README, "The decoder")
     opt_decoder: Optim = field(default_factory=lambda: Optim(steps=3500, batch=16, lr=2e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
     # and a short EMA suit a few hundred steps (README, "Upsamplers")
@@ -131,21 +131,19 @@ def _leaves(obj, prefix=""):
             yield f"{prefix}{f.name}", obj, f
 
 
-def _convert(text: str, current):
-    if isinstance(current, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(current, tuple):
-        return tuple(type(current[0] if current else 0)(v) for v in text.split(",") if v)
-    return type(current)(text)
-
-
 def set_option(cfg: Config, name: str, value) -> None:
-    for dotted, owner, f in _leaves(cfg):
-        if dotted == name:
-            current = getattr(owner, f.name)
-            setattr(owner, f.name, _convert(value, current) if isinstance(value, str) else value)
-            return
-    raise SystemExit(f"unknown option --{name}; see --help")
+    """Set a dotted field; a str (from the command line) is read as the field's type, a tuple as a,b,c."""
+    owner, f = next(((o, f) for dotted, o, f in _leaves(cfg) if dotted == name), (None, None))
+    if owner is None:
+        raise SystemExit(f"unknown option --{name}; see --help")
+    current = getattr(owner, f.name)
+    if isinstance(value, str) and isinstance(current, bool):
+        value = value.lower() in ("1", "true", "yes")
+    elif isinstance(value, str) and isinstance(current, tuple):
+        value = tuple(type(current[0] if current else 0)(v) for v in value.split(",") if v)
+    elif isinstance(value, str):
+        value = type(current)(value)
+    setattr(owner, f.name, value)
 
 
 def holdout_pairs(cfg: Config) -> list:
@@ -162,12 +160,9 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
                        help=f"(default: {getattr(owner, f.name)})")
     args = p.parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            set_option(cfg, name, value)
-    for dotted, _, _ in list(_leaves(cfg)):
-        if (value := getattr(args, dotted)) is not None:
-            set_option(cfg, dotted, value)
+    given = {dotted: v for dotted, _, _ in _leaves(cfg) if (v := getattr(args, dotted)) is not None}
+    for name, value in ((QUICK if args.quick else {}) | given).items():  # the command line wins over --quick
+        set_option(cfg, name, value)
     return cfg, args
 
 
@@ -175,14 +170,12 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
 def load_data(cfg: Config, sizes: tuple[int, ...], log) -> dict:
     """Render (or read) the training set once into memory: uint8 images per size + captions."""
     kind, _, path = cfg.data.partition(":")
-    if kind == "shapes":
-        ds = Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=holdout_pairs(cfg))
-    elif kind == "cifar10":
-        ds = CIFAR10Captions(path, train=True)
-    elif kind == "folder":
-        ds = ImageFolderCaptions(path, size=max(sizes))
-    else:
+    make = {"shapes": lambda: Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=holdout_pairs(cfg)),
+            "cifar10": lambda: CIFAR10Captions(path, train=True),
+            "folder": lambda: ImageFolderCaptions(path, size=max(sizes))}
+    if kind not in make:
         raise SystemExit(f"--data must be shapes, cifar10:PATH or folder:PATH, got {cfg.data!r}")
+    ds = make[kind]()
     clock = time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
                                          collate_fn=shapes_collate)
@@ -201,28 +194,26 @@ def as_float(x: torch.Tensor, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training
-class LossOf(nn.Module):
-    """forward = model.loss, so DistributedDataParallel sees the call and syncs gradients."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
+class LossOf(nn.Sequential):  # LossOf(model)(*a) = model.loss(*a), a call DistributedDataParallel syncs
     def forward(self, *args):
-        return self.model.loss(*args)
+        return self[0].loss(*args)
 
 
-def save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:  # write aside, then rename: never a half-written file
     torch.save(obj, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
 
-def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Config, run: dict):
-    """AdamW + warmup/cosine lr + grad clipping + EMA; returns the EMA model (eval mode).
+def save_atomic_text(path: Path, text: str) -> None:
+    Path(f"{path}.tmp").write_text(text)
+    os.replace(f"{path}.tmp", path)
 
-    batch_fn(step, rows) -> the arguments of model.loss for that step; it is a pure function of
-    the step, so a resumed run sees the same data as an uninterrupted one."""
-    path, device, dist = run["out"] / f"{name}.pt", run["device"], run["world"] > 1
+
+def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Config, run: dict):
+    """AdamW + warmup/cosine lr + grad clipping + EMA; returns the EMA model (eval mode) and the loss
+    history. batch_fn(step, (rank, world)) -> this process's share of model.loss's arguments for the
+    step, a pure function of the step, so a resumed run sees the same data as an uninterrupted one."""
+    path, device = run["out"] / f"{name}.pt", run["device"]
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, betas=(0.9, opt_cfg.beta2),
                             weight_decay=opt_cfg.weight_decay)
@@ -235,19 +226,9 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
         start, history = ck["train"]["step"], ck["train"]["history"]
         torch.set_rng_state(ck["train"]["rng"])
         run["log"](f"{name}: resumed at step {start}/{opt_cfg.steps}")
-    net = LossOf(model)
-    if dist:
-        net = nn.parallel.DistributedDataParallel(net)
-    rows = (run["rank"], run["world"])  # this process's share of every batch
+    net = nn.parallel.DistributedDataParallel(LossOf(model)) if run["world"] > 1 else LossOf(model)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     pending, clock, warmup = [], time.perf_counter(), min(100, opt_cfg.steps // 10 + 1)
-
-    def checkpoint(step):
-        if run["rank"] == 0:
-            save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
-                         "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                                   "history": history, "rng": torch.get_rng_state()}}, path)
-
     for step in range(start, opt_cfg.steps):
         # linear warmup, then cosine decay to 10% of the peak
         progress = max(0.0, (step - warmup) / max(1, opt_cfg.steps - warmup))
@@ -256,7 +237,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
             group["lr"] = lr
         model.train()
         with amp:
-            loss = net(*batch_fn(step, rows))
+            loss = net(*batch_fn(step, (run["rank"], run["world"])))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -265,8 +246,8 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         pending.append(loss.detach().float())
-        last = step + 1 == opt_cfg.steps
-        if (step + 1) % cfg.log_every == 0 or (step + 1) % cfg.ckpt_every == 0 or last:
+        save = (step + 1) % cfg.ckpt_every == 0 or step + 1 == opt_cfg.steps
+        if save or (step + 1) % cfg.log_every == 0:
             values = torch.stack(pending).tolist()  # one host sync per log interval, not per step
             for i, v in enumerate(values):
                 if not math.isfinite(v):
@@ -279,8 +260,10 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
             run["log"](f"{name} step {step + 1}/{opt_cfg.steps} loss {sum(values) / len(values):.4f} "
                        f"lr {lr:.1e} {rate:.0f} ex/s eta {eta / 60:.1f} min")
             pending, clock = [], time.perf_counter()
-            if (step + 1) % cfg.ckpt_every == 0 or last:
-                checkpoint(step + 1)
+            if save and run["rank"] == 0:
+                save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
+                             "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                                       "history": history, "rng": torch.get_rng_state()}}, path)
     if start >= opt_cfg.steps:
         run["log"](f"{name}: already trained ({start} steps), skipping")
     return ema, history
@@ -312,9 +295,7 @@ def main(argv=None) -> dict:
     if unknown := set(stages) - set(STAGES):
         raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
 
-    def log(msg):
-        if rank == 0:
-            print(msg, flush=True)
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
 
     def seed_stage(stage):  # each stage's init and RNG stream depend only on (seed, stage, rank)
         torch.manual_seed(cfg.seed * 1000 + STAGES.index(stage) * 10 + rank)
@@ -326,8 +307,7 @@ def main(argv=None) -> dict:
     n = len(data["captions"])
     tokenizer = ByteTokenizer(cfg.clip.context_length)
 
-    def rows_of(step, batch, rows, stage):
-        """This process's example indices for a step: a pure function of (seed, stage, step)."""
+    def rows_of(step, batch, rows, stage):  # this process's example indices, from (seed, stage, step)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + STAGES.index(stage) * 100_003 + step)
         idx = torch.randint(0, n, (batch,), generator=g)
         return idx[rows[0]::rows[1]]
@@ -350,22 +330,17 @@ def main(argv=None) -> dict:
     z_bank = torch.cat([clip.encode_image(as_float(x, device))
                         for x in data["images"][sizes[0]].split(512)])
 
-    def text_of(idx):
-        return [data["captions"][j] for j in idx]
-
     # stage 1: the prior P(z_i | y) [unCLIP] Sec. 2.2
-    prior_cls, prior_cfg = ((DiffusionPrior, cfg.prior) if cfg.prior_kind == "diffusion"
-                            else (ARPrior, cfg.ar_prior))
-    prior_cfg.clip_dim, prior_cfg.text_width = clip.embed_dim, clip.text_width
     prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
-    opt_prior = cfg.opt_prior if cfg.prior_kind == "diffusion" else cfg.opt_ar_prior
+    prior_cfg, opt_prior = getattr(cfg, prior_name), getattr(cfg, f"opt_{prior_name}")
+    prior_cfg.clip_dim, prior_cfg.text_width = clip.embed_dim, clip.text_width
     if "prior" in stages:
         clock = time.perf_counter()
         seed_stage("prior")
-        prior = prior_cls(prior_cfg).to(device)
+        prior = (DiffusionPrior if prior_name == "prior" else ARPrior)(prior_cfg).to(device)
         # the frozen text tower once for every caption, not once per step (a third of a prior
         # step); trailing padding cut, which the causal text tower allows
-        enc = [clip.encode_text(text_of(range(i, min(i + 512, n)))) for i in range(0, n, 512)]
+        enc = [clip.encode_text(data["captions"][i:i + 512]) for i in range(0, n, 512)]
         length = max(int(e[2].sum(1).max()) for e in enc)
         z_t_bank = torch.cat([e[0] for e in enc])
         states_bank = torch.cat([e[1][:, :length] for e in enc])
@@ -380,32 +355,24 @@ def main(argv=None) -> dict:
         prior, _ = train_stage(prior_name, prior, prior_batch, opt_prior, cfg, run)
         times["prior"] = time.perf_counter() - clock
 
-    # stage 2: the decoder P(x | z_i, y), trained on the TRUE z_i of its target image [unCLIP] Sec. 2.1
+    # stage 2: the decoder P(x | z_i, y), trained on the TRUE z_i of its target image; stages 3-4:
+    # the upsamplers, on random crops of the high-resolution images [unCLIP] Sec. 2.1
     cfg.decoder.clip_dim, cfg.decoder.image_size = clip.embed_dim, sizes[0]
     cfg.decoder.vocab_size, cfg.decoder.context_length = clip.vocab_size, clip.context_length
-    if "decoder" in stages:
-        clock = time.perf_counter()
-
-        def decoder_batch(step, rows):
-            idx = rows_of(step, cfg.opt_decoder.batch, rows, "decoder")
-            tokens, mask = clip.tokenize(text_of(idx))
-            return as_float(data["images"][sizes[0]][idx], device), z_bank[idx], tokens, mask
-
-        seed_stage("decoder")
-        train_stage("decoder", Decoder(cfg.decoder).to(device), decoder_batch, cfg.opt_decoder, cfg, run)
-        times["decoder"] = time.perf_counter() - clock
-
-    # stages 3-4: the upsamplers, on random crops of the high-resolution images [unCLIP] Sec. 2.1
-    for name, up_cfg, size in (("up1", cfg.up1, sizes[1]), ("up2", cfg.up2, sizes[2])):
+    for name, model_cls, size in zip(STAGES[2:], (Decoder, Upsampler, Upsampler), sizes, strict=True):
         if name in stages and size in data["images"]:
             clock = time.perf_counter()
             oc = getattr(cfg, f"opt_{name}")
 
-            def up_batch(step, rows, name=name, size=size, oc=oc):
-                return (as_float(data["images"][size][rows_of(step, oc.batch, rows, name)], device),)
+            def batch_fn(step, rows, name=name, size=size, oc=oc):
+                idx = rows_of(step, oc.batch, rows, name)
+                x = as_float(data["images"][size][idx], device)
+                if name != "decoder":  # an upsampler needs only the image
+                    return (x,)
+                return (x, z_bank[idx], *clip.tokenize([data["captions"][j] for j in idx]))
 
             seed_stage(name)
-            train_stage(name, Upsampler(up_cfg).to(device), up_batch, oc, cfg, run)
+            train_stage(name, model_cls(getattr(cfg, name)).to(device), batch_fn, oc, cfg, run)
             times[name] = time.perf_counter() - clock
         elif name in stages:
             log(f"{name}: skipped, the data has no {size}x{size} images")
@@ -422,8 +389,7 @@ def main(argv=None) -> dict:
         clock = time.perf_counter()
         report = evaluate(cfg, pipe, clip, z_bank, data, out, log)
         times["eval"] = time.perf_counter() - clock
-        report["seconds"] = {k: round(v, 1) for k, v in times.items()}
-        report["config"] = asdict(cfg)
+        report |= {"seconds": {k: round(v, 1) for k, v in times.items()}, "config": asdict(cfg)}
         write_report(report, out, log)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -433,8 +399,7 @@ def main(argv=None) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) -> dict:
-    """The metrics of DESIGN.md on held-out scenes: attribute accuracy of generated images
-    (Shapes evaluator), CLIP score, FD_CLIP against real renders, and the prior's cosine."""
+    """DESIGN.md's metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
     s = cfg.sampling
     shapes = cfg.data == "shapes"
     if shapes:  # another seed: scenes and captions the training never saw
@@ -451,9 +416,8 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) 
                            decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
                            upsampler_steps=list(s.up_steps))
     images = result["images"]
-    small, large = images[0], images[-1]
     z_t = clip.encode_text(captions)[0]
-    z_gen, z_real = clip.encode_image(small), clip.encode_image(real.to(clip.device))
+    z_gen, z_real = clip.encode_image(images[0]), clip.encode_image(real.to(clip.device))
     report = {"n": len(captions), "clip_score": clip_score(z_gen, z_t),
               "clip_score_real": clip_score(z_real, z_t), "fd_clip": frechet_distance(z_gen, z_real)}
     # the prior against the true z_i of each caption's image and two baselines [unCLIP] Sec. 5.1
@@ -463,8 +427,8 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) 
                               "mean z_i": cos(z_bank.mean(0, keepdim=True))}
     if shapes:
         ev = Evaluator()
-        for size, x in ((small.shape[-1], small), (large.shape[-1], large)):
-            report[f"accuracy_{size}"] = attribute_accuracy(ev.read(x.cpu()), named)
+        for x in (images[0], images[-1]):
+            report[f"accuracy_{x.shape[-1]}"] = attribute_accuracy(ev.read(x.cpu()), named)
         nearest = (z_hat @ z_bank.T).argmax(1).cpu()  # retrieval: the real image closest to ẑ_i
         retrieved = as_float(data["images"][cfg.clip.image_resolution][nearest], "cpu")
         report["prior_retrieval"] = attribute_accuracy(ev.read(retrieved), named)
@@ -478,21 +442,14 @@ def write_report(report: dict, out: Path, log) -> None:
     for key, value in report.items():
         if key == "config":
             continue
-        if isinstance(value, dict):
-            for k, v in value.items():
-                v = v["acc"] if isinstance(v, dict) and "acc" in v else v
-                lines.append(f"| {key} {k} | {v:.3f} |" if isinstance(v, float) else f"| {key} {k} | {v} |")
-        else:
-            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+        for k, v in value.items() if isinstance(value, dict) else [(None, value)]:  # a dict: a row each
+            name, fmt = (key, ".4f") if k is None else (f"{key} {k}", ".3f")
+            v = v["acc"] if isinstance(v, dict) and "acc" in v else v
+            lines.append(f"| {name} | {v:{fmt}} |" if isinstance(v, float) else f"| {name} | {v} |")
     table = "\n".join(lines)
     save_atomic_text(out / "report.md", f"# tinyunclip toy run\n\n{table}\n")
     save_atomic_text(out / "report.json", json.dumps(report, indent=2, default=str))
     log(table)
-
-
-def save_atomic_text(path: Path, text: str) -> None:
-    Path(f"{path}.tmp").write_text(text)
-    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":
