@@ -12,10 +12,9 @@ module measured on its own (issues 4-7).
 Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
 decoder's 32x32 (the Evaluator reads 32x32; only components runs the upsamplers), and writes
 <name>.md and <name>.json to --out (default RUN/experiments) with the seed, the settings, the
-machine and the wall time.
-Two ablations need a stage the default run lacks: they train it with train_toy.py, under the
-run's own saved config, into a sub-folder (RUN/exp_ar_prior, RUN/exp_fixed_var) holding a copy
-of clip.pt, so the run's own files are never touched; a finished sub-folder is reused.
+machine and the wall time. Two ablations need a stage the default run lacks: they train it with
+train_toy.py under the run's saved config into RUN/exp_ar_prior or RUN/exp_fixed_var, next to a
+copy of clip.pt, so the run's own files are never touched; a finished sub-folder is reused.
 
 Symbols and names
     y, named   a caption and the attributes it names (toy_data.parse_caption)
@@ -87,23 +86,22 @@ def config_args(saved: dict) -> list:
         value = saved
         for key in dotted.split("."):
             value = value.get(key) if isinstance(value, dict) else None
-        if value is None:  # a field newer than the run: keep train_toy's default
-            continue
-        text = (",".join(map(str, value)) if isinstance(value, list | tuple)
-                else str(value).lower() if isinstance(value, bool) else str(value))
-        args += [f"--{dotted}", text]
+        if value is not None:  # None: a field newer than the run keeps train_toy's default
+            text = (",".join(map(str, value)) if isinstance(value, list | tuple)
+                    else str(value).lower() if isinstance(value, bool) else str(value))
+            args += [f"--{dotted}", text]
     return args
 
 
 def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
     """RUN/sub/<stage>.pt trained by train_toy.py under the run's config plus `options`, on a
     copy of the run's frozen clip.pt; reused when it already holds the asked-for steps."""
-    folder, file = a.run / sub, {"ar": "ar_prior", "decoder": "decoder"}[stage]
-    path, opt = folder / f"{file}.pt", "opt_ar_prior" if stage == "ar" else "opt_decoder"
+    file = "ar_prior" if stage == "ar" else "decoder"
+    folder, opt = a.run / sub, f"opt_{file}"
+    path = folder / f"{file}.pt"
     if not cfg:
-        raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json "
-                         f"when the run finishes; finish it with python train_toy.py --out {a.run} "
-                         "--resume")
+        raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json when the "
+                         f"run finishes; finish it with python train_toy.py --out {a.run} --resume")
     steps = a.train_steps or cfg.get(opt, asdict(getattr(train_toy.Config(), opt)))["steps"]
     if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
         return path  # finished (a file without training state counts as finished)
@@ -127,7 +125,7 @@ def shapes_batch(n: int, seed: int, holdout=(), two_objects=False, sizes=(32,)) 
 
 
 def scenes(n: int, seed: int, holdout=(), two_objects=False) -> tuple:
-    """n fresh Shapes scenes: (captions, named dicts, real 32x32 renders [n, 3, 32, 32])."""
+    """(captions, named dicts, real 32x32 renders [n, 3, 32, 32]) of n fresh Shapes scenes."""
     batch = shapes_batch(n, seed, holdout, two_objects)
     return batch["caption"], batch["named"], batch["images"][32]
 
@@ -148,7 +146,7 @@ def only_pair(pair, n: int, seed: int) -> tuple:
 
 @functools.cache
 def evaluator() -> toy_data.Evaluator:
-    return toy_data.Evaluator()  # rule-based, shares nothing with CLIP; built once (it measures renders)
+    return toy_data.Evaluator()  # rule-based, shares nothing with CLIP
 
 
 def accuracy(reads: list, named: list) -> dict:
@@ -158,15 +156,13 @@ def accuracy(reads: list, named: list) -> dict:
 
 
 def score(pipe, images, captions, named, real, z_i=None, pair=False) -> dict:
-    """Attribute accuracy (Evaluator), CLIP score and FD_CLIP, as train_toy.evaluate computes
-    them; plus cos(z_i, z_i of the real image) when the row used an embedding. One caption,
-    named dict and real render per image."""
+    """Attribute accuracy (Evaluator), CLIP score and FD_CLIP as train_toy.evaluate computes them, one
+    caption, named dict and real render per image; plus "z_i cos" when the row used an embedding."""
     reads = (evaluator().read_pair if pair else evaluator().read)(images.cpu())
-    row = accuracy(reads, named)
     z_t = pipe.clip.encode_text(captions)[0]
     z_gen, z_real = (pipe.clip.encode_image(x.to(pipe.clip.device)) for x in (images, real))
-    row |= {"CLIP score": toy_data.clip_score(z_gen, z_t),
-            "FD_CLIP": toy_data.frechet_distance(z_gen, z_real)}
+    row = accuracy(reads, named) | {"CLIP score": toy_data.clip_score(z_gen, z_t),
+                                    "FD_CLIP": toy_data.frechet_distance(z_gen, z_real)}
     if z_i is not None:
         row["z_i cos"] = F.cosine_similarity(z_i, z_real).mean().item()
     return row | {"_reads": reads, "_z": z_gen}
@@ -179,12 +175,10 @@ def real_row(pipe, captions, named, real, pair=False, label="real renders (refer
 
 
 def diversity(z: torch.Tensor, reads: list, k: int) -> dict:
-    """Within each caption's k images: mean pairwise 1 - cos of the CLIP image embeddings, the
-    fraction of unnamed attributes (size, position, background) that take >= 2 values, and the
-    mean number of values each takes."""
+    """Within each caption's k images: mean pairwise 1 - cos of their CLIP image embeddings, the fraction
+    of UNNAMED attributes that take >= 2 values, and the mean number of values each takes."""
     z = z.view(-1, k, z.shape[-1])  # [captions, k, D]
-    off = ~torch.eye(k, dtype=torch.bool)
-    spread = (1 - z @ z.transpose(1, 2))[:, off].mean().item()
+    spread = (1 - z @ z.transpose(1, 2))[:, ~torch.eye(k, dtype=torch.bool)].mean().item()
     groups = [reads[i:i + k] for i in range(0, len(reads), k)]
     distinct = {u: [len({r[u] for r in g}) for g in groups] for u in UNNAMED}  # values per caption
     varied = [d > 1 for counts in distinct.values() for d in counts]
@@ -204,10 +198,9 @@ def binding(reads: list, named: list) -> dict:
                            {s for _, s in got} == {s for _, s in want})
         counts.update({"both colours": colours, "both shapes": shapes, "bound": got == want,
                        "swapped": got == swap, "present": colours and shapes})
-    out = {k: counts[k] / len(reads) for k in ("both colours", "both shapes", "bound", "swapped")}
-    # with both colours and both shapes present, only two pairings exist: chance is 1/2
-    present = counts["present"]
-    return out | {"bound given both present": counts["bound"] / present if present else None}
+    present = counts["present"]  # both colours and both shapes: only two pairings exist, chance is 1/2
+    return {k: counts[k] / len(reads) for k in ("both colours", "both shapes", "bound", "swapped")} | {
+        "bound given both present": counts["bound"] / present if present else None}
 
 
 def full_caption(attrs: dict) -> str:
@@ -233,16 +226,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(((x - y) / 2).square().flatten(1).mean(1))
 
 
-def parse_pairs(text: str) -> list:
-    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
-    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
-    try:
-        allowed_pairs(pairs)
-    except ValueError as e:
-        raise SystemExit(f"--holdout {text!r}: {e}") from None
-    return pairs
-
-
 # ----------------------------------------------------------------------------- the experiments
 def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) -> dict:
     """A table row: k images per caption up to the decoder, with the run's sampling settings (or
@@ -250,8 +233,7 @@ def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) ->
     clock = time.perf_counter()
     out = pipe.generate(captions, images_per_caption=k, seed=a.seed, stages="decoder",
                         **(a.sampling | override))
-    each = [c for c in captions for _ in range(k)]
-    row = score(pipe, out["decoder"], each, named, real, out["z_i"], pair)
+    row = score(pipe, out["decoder"], [c for c in captions for _ in range(k)], named, real, out["z_i"], pair)
     row |= diversity(row["_z"], row["_reads"], k) if k > 1 else {}
     return {"row": label} | row | {"seconds": time.perf_counter() - clock}
 
@@ -277,9 +259,8 @@ def exp_variance(a, pipe, cfg) -> tuple:
     """[IDDPM] Sec. 3.1, 4: learned-range vs fixed (beta~_t) variance under fewer sampling steps."""
     path = train_extra(a, cfg, "exp_fixed_var", "decoder", [
         "--stages", "decoder", "--decoder.learn_sigma", "false", "--decoder.out_channels", "3"])
-    fixed = Decoder.load(path, map_location=a.device)
-    data, rows = scenes(a.n, a.seed + EVAL_SEED, a.holdout), []
-    rows.append(real_row(pipe, *data))
+    fixed, data = Decoder.load(path, map_location=a.device), scenes(a.n, a.seed + EVAL_SEED, a.holdout)
+    rows = [real_row(pipe, *data)]
     for decoder in (pipe.decoder, fixed):
         name = "learned-range" if decoder.cfg.learn_sigma else "fixed"
         variant = unclip.UnCLIP(pipe.clip, pipe.prior, decoder)
@@ -307,8 +288,8 @@ def exp_binding(a, pipe, cfg) -> tuple:
     two = scenes(a.n, a.seed + EVAL_SEED, a.holdout, two_objects=True)
     rows = [real_row(pipe, *two, pair=True), timed("generated, one object", pipe, *one, a),
             timed("generated, two objects", pipe, *two, a, pair=True)]
-    rows[0] |= binding(rows[0]["_reads"], two[1])
-    rows[2] |= binding(rows[2]["_reads"], two[1])
+    for row in rows[::2]:
+        row |= binding(row["_reads"], two[1])
     right = [r["colour"] == n["colour"] and r["shape"] == n["shape"]
              for r, n in zip(rows[1]["_reads"], one[1], strict=True)]
     rows[1]["colour+shape"] = p = sum(right) / len(right)
@@ -319,17 +300,15 @@ def exp_binding(a, pipe, cfg) -> tuple:
 
 
 def exp_holdout(a, pipe, cfg) -> tuple:
-    """Compositional generalization: captions naming (colour, shape) pairs never rendered for
-    CLIP, prior or decoder, vs seen pairs."""
+    """Compositional generalization: (colour, shape) pairs never rendered in training vs seen pairs."""
     if not (pairs := a.holdout):
         raise SystemExit(f"holdout: {a.run} holds out no (colour, shape) pair; train a run with "
                          "python train_toy.py --holdout 'purple triangle' (or pass --holdout)")
     seen = scenes(a.n, a.seed + EVAL_SEED, pairs)
-    captions, named, real = [], [], []
-    for j, pair in enumerate(pairs):  # about n / len(pairs) scenes of each held-out pair
-        c, m, x = only_pair(pair, math.ceil(a.n / len(pairs)), a.seed + EVAL_SEED + 1 + j)
-        captions, named, real = captions + c, named + m, real + [x]
-    held = captions, named, torch.cat(real)
+    m = math.ceil(a.n / len(pairs))  # scenes of each held-out pair
+    parts = [only_pair(p, m, a.seed + EVAL_SEED + 1 + j) for j, p in enumerate(pairs)]
+    captions, named, real = zip(*parts, strict=True)
+    held = sum(captions, []), sum(named, []), torch.cat(real)
     rows = [real_row(pipe, *held, label="real renders of held-out pairs (reference)"),
             timed("seen pairs", pipe, *seen, a),
             timed("held-out pairs", pipe, *held, a),
@@ -448,6 +427,10 @@ def machine(device) -> str:
 
 
 ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "FD_CLIP", "z_i cos")
+TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned variance and few steps [IDDPM]",
+          "guidance": "Guidance trade-off [CFG] [GLIDE]", "binding": "Attribute binding [unCLIP] Sec. 7",
+          "holdout": "Compositional generalization (held-out pairs)",
+          "components": "Each module on its own: CLIP, prior, decoder, upsamplers"}
 
 
 def table(rows: list) -> str:
@@ -458,12 +441,6 @@ def table(rows: list) -> str:
                          else f"{v:.3f}" if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows])
-
-
-TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned variance and few steps [IDDPM]",
-          "guidance": "Guidance trade-off [CFG] [GLIDE]", "binding": "Attribute binding [unCLIP] Sec. 7",
-          "holdout": "Compositional generalization (held-out pairs)",
-          "components": "Each module on its own: CLIP, prior, decoder, upsamplers"}
 
 
 def run(name: str, a, pipe, cfg) -> dict:
@@ -490,6 +467,16 @@ def run(name: str, a, pipe, cfg) -> dict:
         train_toy.save_atomic_text(a.out / f"{name}{suffix}", body)
     print(text, flush=True)
     return record
+
+
+def parse_pairs(text: str) -> list:
+    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
+    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
+    try:
+        allowed_pairs(pairs)
+    except ValueError as e:
+        raise SystemExit(f"--holdout {text!r}: {e}") from None
+    return pairs
 
 
 def numbers(text: str, kind=int) -> list:
@@ -542,8 +529,7 @@ def main(argv=None) -> list:
         print(f"warning: {a.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
               f"--holdout {a.holdout!r} replaces that in every table", file=sys.stderr)
     a.holdout = parse_pairs(a.holdout or cfg.get("holdout", ""))
-    s = cfg.get("sampling", {})
-    base = {k: s.get(k, v) for k, v in vars(train_toy.Sampling()).items()}
+    base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_toy.Sampling()).items()}
     a.sampling = {"prior_steps": a.prior_steps or base["prior_steps"], "candidates": base["candidates"],
                   "decoder_steps": a.decoder_steps or base["decoder_steps"],
                   "decoder_guidance": base["guidance"] if a.guidance is None else a.guidance}
