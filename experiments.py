@@ -325,9 +325,10 @@ def exp_holdout(a, pipe, cfg) -> tuple:
 def prior_rows(a, pipe, held) -> list:
     """Issue 5: each prior's z_i against the true one, the nearest real render (by cos) in a bank
     of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
-    sample; z_t and the bank's mean z_i are the baselines, the true z_i the ceiling."""
-    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)["images"][32]
-    z_bank, bank_reads = pipe.clip.encode_image(bank), evaluator().read(bank)
+    sample; z_t and the bank's mean z_i are the baselines, a bank render with the caption's
+    attributes what an exact sampler of p(z_i | y) scores, the true z_i the ceiling."""
+    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
+    z_bank, bank_reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
     nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
     captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a, a.per_caption)
     z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
@@ -341,6 +342,13 @@ def prior_rows(a, pipe, held) -> list:
     rows = [row("true z_i (retrieval ceiling)", z_true, pipe.clip.encode_image(free_real)),
             row("z_t as z_i (no prior)", z_t, pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
             row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
+    # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
+    # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
+    # so a prior can beat this row only by collapsing towards that mean (README, "Prior")
+    rng, fits = np.random.default_rng(a.seed), lambda b, n: all(b[u] == v for u, v in n.items())
+    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if fits(b, n)] or [j])
+             for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
+    rows.append(row("a bank render with the named attributes (an exact sample given y)", z_bank[match]))
     priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
     ar = [p for p in (a.run / "ar_prior.pt", a.run / "exp_ar_prior" / "ar_prior.pt") if p.exists()][:1]
     priors += [(f"AR prior ({p.relative_to(a.run)})", ARPrior.load(p, map_location=a.device)) for p in ar]

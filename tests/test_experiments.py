@@ -41,6 +41,7 @@ ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR pri
 COMPONENTS = {  # table title: its rows
     "CLIP zero-shot, per attribute (issue 4)": ["argmax cos over captions that differ only in the attribute"],
     "Prior (issue 5)": ["true z_i (retrieval ceiling)", "z_t as z_i (no prior)", "mean z_i of the bank",
+                        "a bank render with the named attributes (an exact sample given y)",
                         "diffusion prior", "AR prior (exp_ar_prior/ar_prior.pt)"],
     "Decoder from the true z_i (issue 6)": ["real renders (reference)", "true z_i and the caption",
                                             "true z_i, no caption"],
@@ -102,7 +103,7 @@ def check_components(record, run):
     (clip,), prior, decoder, ups = saved["tables"].values()
     assert set(clip) == {"row", *ATTRIBUTES, "seconds"} and all(0 <= clip[a] <= 1 for a in ATTRIBUTES)
     assert prior[0]["z_i cos"] == pytest.approx(1.0) and prior[1]["distinct sizes"] == 1  # z_t: one
-    for row in prior[3:]:
+    for row in prior[4:]:
         assert {"all", "z_i cos", "distinct sizes", "cos z_t, best of 1", "cos z_t, best of 2"} <= set(row)
         assert 1 <= row["distinct positions"] <= 2 and 0 <= row["all"] <= 1  # k = 2
     assert all(set(ATTRIBUTES) <= set(row) for row in decoder)
