@@ -99,9 +99,8 @@ class Config:
     opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
     opt_prior: Optim = field(default_factory=lambda: Optim(steps=600, batch=64, lr=5e-4,
                                                            beta2=0.96, weight_decay=6e-2))
-    # The AR prior's 1024-way token heads learn nothing at the diffusion prior's lr 5e-4: after
-    # 600 steps its loss was log(1024), a uniform guess (README, "Experiments", 1). 4000 steps, not
-    # 1500: loss 3.44 against 3.77 nats a token, z_i cos 0.788 -> 0.840 (README, "Prior")
+    # At the diffusion prior's lr 5e-4 the AR prior's 1024-way heads stayed a uniform guess (README,
+    # "Experiments", 1); 4000 steps, not 1500: z_i cos 0.788 -> 0.840 (README, "Prior")
     opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=4000, batch=64, lr=3e-3,
                                                               beta2=0.96, weight_decay=6e-2))
     # EMA 0.995 (a ~200-step window): a 1000-step average (0.999) lags a net still improving
