@@ -50,6 +50,10 @@ class UNetConfig:
     coords: bool = False
     clip_dim: int = 0  # D of z_i; 0 = no image-embedding conditioning (upsamplers)
     clip_tokens: int = 4  # [unCLIP] Sec. 2.1: z_i becomes 4 extra context tokens
+    # Not in GLIDE/unCLIP: z_i also projected to a feature map at the lowest resolution, added to
+    # the middle block's input (as a DCGAN generator starts from its latent). Without it a small
+    # net learns z_i -> layout slowly: from pure noise its x_0 carried no position or shape
+    clip_map: bool = False
     text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
     text_width: int = 64  # width of caption states and of every context token
     text_heads: int = 4  # attention heads in the caption Transformer
@@ -232,6 +236,8 @@ class UNet(nn.Module):
             self.image_to_emb = nn.Linear(cfg.clip_dim, E)
             self.image_to_tokens = nn.Linear(cfg.clip_dim, cfg.clip_tokens * W)
             self.null_image_embed = nn.Parameter(torch.randn(cfg.clip_dim) / cfg.clip_dim**0.5)
+        if cfg.clip_map and not cfg.clip_dim:
+            raise ValueError("clip_map needs clip_dim > 0 (a z_i to project)")
         self.text = CaptionEncoder(cfg, E) if cfg.text_layers else None
 
         levels = len(cfg.channel_mults)
@@ -255,6 +261,8 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res //= 2
         self.middle = nn.ModuleList(layer(ch, ch, res) + [ResBlock(ch, ch, E, cfg.dropout)])
+        if cfg.clip_map:  # z_i -> [ch, res, res], zero-initialised: the net starts without it
+            self.image_to_map = zero_init(nn.Linear(cfg.clip_dim, ch * res * res))
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
             for i in range(cfg.num_res_blocks + 1):  # each consumes one skip connection
@@ -268,14 +276,15 @@ class UNet(nn.Module):
                                  zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
-        """-> emb [B, E] and (context [B, K, W], context_mask [B, K]) or (None, None)."""
+        """-> emb [B, E], (context [B, K, W], context_mask [B, K]) or (None, None), and the scaled
+        z_i [B, D] (the learned null where dropped) or None."""
         cfg, B = self.cfg, t.shape[0]
         emb = self.time_embed(timestep_embedding(t, cfg.channels))  # [B, E]
         ones = torch.ones(B, dtype=torch.bool, device=t.device)
         for name, keep in (("keep_image", keep_image), ("keep_text", keep_text)):
             if keep is not None and (keep.dtype != torch.bool or keep.shape != (B,)):
                 raise ValueError(f"{name} must be a bool tensor [B={B}] (False drops it)")
-        context, context_mask = [], []
+        context, context_mask, image = [], [], None
         if tokens is not None:
             if self.text is None:
                 raise ValueError("tokens given, but this UNet has no caption encoder (text_layers=0)")
@@ -295,14 +304,15 @@ class UNet(nn.Module):
             # unit-norm z_i has entries of about 1/√D: scaled by √D the projections start at the
             # same size as the timestep embedding instead of √D times smaller (as the prior does)
             z = torch.where(keep[:, None], z_i, null) * cfg.clip_dim**0.5  # [B, D]
+            image = z
             emb = emb + self.image_to_emb(z)
             context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
             context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
         elif z_i is not None:
             raise ValueError("z_i given, but this UNet has clip_dim=0; pass z_i=None")
         if not context:
-            return emb, None, None
-        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1)
+            return emb, None, None, image
+        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1), image
 
     def forward(self, x_t, t, z_i=None, tokens=None, mask=None, keep_image=None, keep_text=None):
         cfg = self.cfg
@@ -313,7 +323,9 @@ class UNet(nn.Module):
                              f"{len(cfg.channel_mults)} levels, got {tuple(x_t.shape[2:])}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be int64 [B={x_t.shape[0]}], got {tuple(t.shape)}")
-        emb, context, context_mask = self.condition(t, z_i, tokens, mask, keep_image, keep_text)
+        if cfg.clip_map and tuple(x_t.shape[2:]) != (cfg.image_size,) * 2:
+            raise ValueError(f"clip_map fixes the size to image_size={cfg.image_size}, got {tuple(x_t.shape[2:])}")
+        emb, context, context_mask, z = self.condition(t, z_i, tokens, mask, keep_image, keep_text)
 
         def run(mods, h):
             for m in mods:
@@ -335,6 +347,8 @@ class UNet(nn.Module):
         for mods in self.down:
             h = run(mods, h)
             hs.append(h)
+        if cfg.clip_map:
+            h = h + self.image_to_map(z).view(h.shape)
         h = run(self.middle, h)  # [B, ch, H/factor, W/factor]
         for mods in self.up:
             h = run(mods, torch.cat([h, hs.pop()], dim=1))

@@ -88,10 +88,10 @@ class Config:
     # 64 buckets per component, not the paper's 1024: after 1500 steps the 1024-way heads were
     # still near a uniform guess (loss 6.66, log 1024 = 6.93), 64 well below it (README, Experiments 1)
     ar_prior: ARPriorConfig = field(default_factory=lambda: ARPriorConfig(buckets=64))
-    # v prediction and coordinate channels: two toy-budget departures from GLIDE's decoder that
-    # made background, position and edges learnable in minutes (README, "The decoder")
+    # v prediction, coordinate channels and a z_i map: toy-budget departures from GLIDE's decoder
+    # that made background, position and shape learnable in minutes (README, "The decoder")
     decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(
-        num_res_blocks=1, mean_type="v", coords=True))
+        num_res_blocks=1, mean_type="v", coords=True, clip_map=True))
     up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
     # CLIP learns position last (a late drop of the loss): 800 x 64 left zero-shot position at

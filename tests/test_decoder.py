@@ -68,7 +68,7 @@ def test_gradient_reaches_every_parameter():
     # One backward of the hybrid loss reaches every parameter. The net is scrambled: at the
     # zero initialisation the zero layers block the gradient for the first steps by design.
     # Dropout at 0.5 puts kept and dropped z_i in the batch, so the null embedding is trained.
-    model = make(p_drop_image=0.5, p_drop_text=0.5)
+    model = make(p_drop_image=0.5, p_drop_text=0.5, clip_map=True)
     x, _, z, tokens, mask = inputs(B=8)
     model.loss(x.clamp(-1, 1), z, tokens, mask, generator=seeded(0)).backward()
     dead = [n for n, p in model.named_parameters()
@@ -87,6 +87,24 @@ def test_z_i_path_matters_and_a_dropped_z_i_is_ignored():
     d2 = model.net(x, t, z2, tokens, mask, keep_image=drop)
     assert torch.equal(d1, d2)  # exactly independent of z_i
     assert torch.equal(d1, model.net(x, t, None, tokens, mask))  # z_i=None is the null embedding
+
+
+def test_clip_map_adds_z_i_at_the_middle_block():
+    model = make(clip_map=True)
+    x, t, z, tokens, mask = inputs()
+    z2 = z.roll(1, dims=0)
+    out = model.net(x, t, z, tokens, mask)
+    with torch.no_grad():
+        model.net.image_to_map.weight.zero_(), model.net.image_to_map.bias.zero_()
+    assert (model.net(x, t, z, tokens, mask) - out).abs().max() > 1e-3  # the map path is live
+    drop = torch.zeros(4, dtype=torch.bool)  # a dropped z_i also drops its map
+    assert torch.equal(model.net(x, t, z, tokens, mask, keep_image=drop),
+                       model.net(x, t, z2, tokens, mask, keep_image=drop))
+    assert make(clip_map=True, scramble=False).net.image_to_map.weight.abs().max() == 0  # starts off
+    with pytest.raises(ValueError, match="image_size=16"):
+        model.net(torch.randn(1, 3, 8, 8), t[:1], z[:1])
+    with pytest.raises(ValueError, match="clip_map needs clip_dim"):
+        make(clip_map=True, clip_dim=0, text_layers=0)
 
 
 def test_image_projections_are_learned_even_when_widths_match():
