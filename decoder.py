@@ -34,25 +34,19 @@ class UNetConfig:
     image_size: int = 32  # training resolution; attention_resolutions are pixel sizes at it
     in_channels: int = 3  # x_t; an upsampler concatenates the upsampled low-res image -> 6
     out_channels: int = 6  # 2 x 3: eps and the learned-range variance v [IDDPM] Sec. 3.1
-    # Base width (paper: 512). A training image costs 2.4 GFLOP at 32 and 9.3 at 64 (forward +
-    # backward); 32 is what a 2-core CPU trains on Shapes in about ten minutes.
-    channels: int = 32
+    channels: int = 32  # base width (paper: 512); 32 trains on Shapes in minutes on a 2-core CPU
     channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level: 32x32, 16x16, 8x8 for the toy
-    # ResBlocks per level going down (one more going up, as in ADM); 1 is 1.5x cheaper
-    num_res_blocks: int = 2
-    # Attention at 16x16 and 8x8 only: full 32x32 attention (1024 tokens) dominates a CPU step.
-    attention_resolutions: tuple[int, ...] = (16, 8)
+    num_res_blocks: int = 2  # ResBlocks per level going down (one more going up, as in ADM)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # not 32x32: 1024 tokens dominate a CPU step
     head_channels: int = 32  # channels per attention head (the paper: 64 at width 512)
     dropout: float = 0.0  # paper: 0.1; a 10-minute CPU run is far from overfitting, so off
-    # Two extra input channels holding each pixel's (x, y) in [-1, 1] ("CoordConv"). Not in ADM:
-    # a conv net finds where it is only through the zero padding at the borders, and position
-    # is the attribute it learns last; the coordinates make "draw it top left" learnable fast.
+    # Not in ADM: two input channels with each pixel's (x, y) in [-1, 1] ("CoordConv"); a conv net
+    # otherwise finds where it is only from the zero padding, and position is learned last.
     coords: bool = False
     clip_dim: int = 0  # D of z_i; 0 = no image-embedding conditioning (upsamplers)
     clip_tokens: int = 4  # [unCLIP] Sec. 2.1: z_i becomes 4 extra context tokens
-    # Not in GLIDE/unCLIP: z_i also projected to a feature map at the lowest resolution, added to
-    # the middle block's input (as a DCGAN generator starts from its latent). Without it a small
-    # net learns z_i -> layout slowly: from pure noise its x_0 carried no position or shape
+    # Not in GLIDE: z_i also projected to a map at the lowest resolution, added at the middle block
+    # (as a DCGAN starts from its latent); without it a small net learns z_i -> layout slowly
     clip_map: bool = False
     text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
     text_width: int = 64  # width of caption states and of every context token
@@ -66,6 +60,8 @@ class UNetConfig:
         self.attention_resolutions = tuple(self.attention_resolutions)
         if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
             raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
+        if self.clip_map and not self.clip_dim:
+            raise ValueError("clip_map needs clip_dim > 0 (a z_i to project)")
         if self.text_layers and self.text_width % self.text_heads:
             raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
@@ -236,8 +232,6 @@ class UNet(nn.Module):
             self.image_to_emb = nn.Linear(cfg.clip_dim, E)
             self.image_to_tokens = nn.Linear(cfg.clip_dim, cfg.clip_tokens * W)
             self.null_image_embed = nn.Parameter(torch.randn(cfg.clip_dim) / cfg.clip_dim**0.5)
-        if cfg.clip_map and not cfg.clip_dim:
-            raise ValueError("clip_map needs clip_dim > 0 (a z_i to project)")
         self.text = CaptionEncoder(cfg, E) if cfg.text_layers else None
 
         levels = len(cfg.channel_mults)
@@ -276,15 +270,14 @@ class UNet(nn.Module):
                                  zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
-        """-> emb [B, E], (context [B, K, W], context_mask [B, K]) or (None, None), and the scaled
-        z_i [B, D] (the learned null where dropped) or None."""
+        """-> emb [B, E], context [B, K, W] and context_mask [B, K] (or None, None), √D z_i or None."""
         cfg, B = self.cfg, t.shape[0]
         emb = self.time_embed(timestep_embedding(t, cfg.channels))  # [B, E]
         ones = torch.ones(B, dtype=torch.bool, device=t.device)
         for name, keep in (("keep_image", keep_image), ("keep_text", keep_text)):
             if keep is not None and (keep.dtype != torch.bool or keep.shape != (B,)):
                 raise ValueError(f"{name} must be a bool tensor [B={B}] (False drops it)")
-        context, context_mask, image = [], [], None
+        context, context_mask, z = [], [], None
         if tokens is not None:
             if self.text is None:
                 raise ValueError("tokens given, but this UNet has no caption encoder (text_layers=0)")
@@ -304,15 +297,14 @@ class UNet(nn.Module):
             # unit-norm z_i has entries of about 1/√D: scaled by √D the projections start at the
             # same size as the timestep embedding instead of √D times smaller (as the prior does)
             z = torch.where(keep[:, None], z_i, null) * cfg.clip_dim**0.5  # [B, D]
-            image = z
             emb = emb + self.image_to_emb(z)
             context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
             context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
         elif z_i is not None:
             raise ValueError("z_i given, but this UNet has clip_dim=0; pass z_i=None")
         if not context:
-            return emb, None, None, image
-        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1), image
+            return emb, None, None, z
+        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1), z
 
     def forward(self, x_t, t, z_i=None, tokens=None, mask=None, keep_image=None, keep_text=None):
         cfg = self.cfg
@@ -324,7 +316,7 @@ class UNet(nn.Module):
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be int64 [B={x_t.shape[0]}], got {tuple(t.shape)}")
         if cfg.clip_map and tuple(x_t.shape[2:]) != (cfg.image_size,) * 2:
-            raise ValueError(f"clip_map fixes the size to image_size={cfg.image_size}, got {tuple(x_t.shape[2:])}")
+            raise ValueError(f"clip_map needs {cfg.image_size}x{cfg.image_size} inputs, got {x_t.shape[2:]}")
         emb, context, context_mask, z = self.condition(t, z_i, tokens, mask, keep_image, keep_text)
 
         def run(mods, h):

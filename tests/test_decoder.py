@@ -101,7 +101,7 @@ def test_clip_map_adds_z_i_at_the_middle_block():
     assert torch.equal(model.net(x, t, z, tokens, mask, keep_image=drop),
                        model.net(x, t, z2, tokens, mask, keep_image=drop))
     assert make(clip_map=True, scramble=False).net.image_to_map.weight.abs().max() == 0  # starts off
-    with pytest.raises(ValueError, match="image_size=16"):
+    with pytest.raises(ValueError, match="clip_map needs 16x16"):
         model.net(torch.randn(1, 3, 8, 8), t[:1], z[:1])
     with pytest.raises(ValueError, match="clip_map needs clip_dim"):
         make(clip_map=True, clip_dim=0, text_layers=0)
