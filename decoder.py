@@ -45,7 +45,7 @@ class UNetConfig:
     coords: bool = False
     clip_dim: int = 0  # D of z_i; 0 = no image-embedding conditioning (upsamplers)
     clip_tokens: int = 4  # [unCLIP] Sec. 2.1: z_i becomes 4 extra context tokens
-    # Not in GLIDE: z_i also projected to a map at the lowest resolution, added at the middle block
+    # Not in [GLIDE]: z_i also projected to a map at the lowest resolution, added at the middle block
     # (as a DCGAN starts from its latent); without it a small net learns z_i -> layout slowly
     clip_map: bool = False
     text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
@@ -339,8 +339,7 @@ class UNet(nn.Module):
         for mods in self.down:
             h = run(mods, h)
             hs.append(h)
-        if cfg.clip_map:
-            h = h + self.image_to_map(z).view(h.shape)
+        h = h + self.image_to_map(z).view(h.shape) if cfg.clip_map else h  # z_i's map (clip_map)
         h = run(self.middle, h)  # [B, ch, H/factor, W/factor]
         for mods in self.up:
             h = run(mods, torch.cat([h, hs.pop()], dim=1))
