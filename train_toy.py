@@ -384,7 +384,7 @@ def main(argv=None) -> dict:
     if rank == 0 and not all(p.exists() for p in needed):
         log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
     elif rank == 0:
-        pipe = unclip.from_stage_checkpoints(out, device=device)
+        pipe = unclip.from_stage_checkpoints(out, device=device, prior_kind=cfg.prior_kind)
         unclip.save_pipeline(out / "unclip.pt", pipe)
         clock = time.perf_counter()
         report = evaluate(cfg, pipe, clip, z_bank, data, out, log)

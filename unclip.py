@@ -312,16 +312,19 @@ def load_pipeline(path, device="cpu") -> UnCLIP:
     return _assemble(_read(path), path, device)
 
 
-def from_stage_checkpoints(folder, device="cpu") -> UnCLIP:
-    """The UnCLIP from train_toy.py's per-stage files: clip.pt and decoder.pt, and prior.pt or
-    ar_prior.pt, up1.pt, up2.pt when present; their resume state is ignored."""
+def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
+    """The UnCLIP from train_toy.py's stage files (resume state ignored): clip.pt, decoder.pt, up1.pt
+    and up2.pt if present, prior.pt or ar_prior.pt (prior_kind "diffusion"/"ar"; None: prior.pt first)."""
+    if prior_kind not in (None, "diffusion", "ar"):
+        raise ValueError(f"prior_kind must be 'diffusion', 'ar' or None, got {prior_kind!r}")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if os.path.isdir(folder) else []
     if not {"clip.pt", "decoder.pt"} <= set(files):
         raise FileNotFoundError(f"{folder} needs clip.pt and decoder.pt (found: "
                                 f"{', '.join(files) or 'no .pt files'}); {HINT}")
     read = lambda name: _read(os.path.join(folder, name))
-    prior = ({**read("prior.pt"), "kind": "diffusion"} if "prior.pt" in files else
-             {**read("ar_prior.pt"), "kind": "ar"} if "ar_prior.pt" in files else None)
+    names = {"diffusion": "prior.pt", "ar": "ar_prior.pt"}
+    kind = next((k for k in ([prior_kind] if prior_kind else names) if names[k] in files), None)
+    prior = {**read(names[kind]), "kind": kind} if kind else None
     ups = [read(name) for name in ("up1.pt", "up2.pt") if name in files and "up1.pt" in files]
     return _assemble({"format": FORMAT, "clip": read("clip.pt"), "decoder": read("decoder.pt"),
                       "tokenizer": {"kind": "byte", "context_length": None, "truncate": True},

@@ -243,6 +243,12 @@ def test_stage_checkpoints_folder(tmp_path, pipe):
     loaded = from_stage_checkpoints(tmp_path)
     a, b = (p.generate(["a red circle"], seed=2, **GEN) for p in (pipe, loaded))
     assert torch.equal(a["up2"], b["up2"])
+    parts(seed=2, ar=True)[1].save(tmp_path / "ar_prior.pt")  # both priors: the kind asked for
+    assert isinstance(from_stage_checkpoints(tmp_path, prior_kind="ar").prior, ARPrior)
+    assert isinstance(from_stage_checkpoints(tmp_path).prior, DiffusionPrior)
+    with pytest.raises(ValueError, match="prior_kind must be"):
+        from_stage_checkpoints(tmp_path, prior_kind="AR")
+    os.remove(tmp_path / "ar_prior.pt")
     os.remove(tmp_path / "up1.pt")  # up2 alone does not fit the decoder's 8x8 output: unused
     assert from_stage_checkpoints(tmp_path).stages == ["prior", "decoder"]
     os.remove(tmp_path / "decoder.pt")
