@@ -268,6 +268,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
                 save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
                              "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                                        "history": history, "rng": torch.get_rng_state()}}, path)
+                run["preview"](name, ema, step + 1)
     if start >= opt_cfg.steps:
         run["log"](f"{name}: already trained ({start} steps), skipping")
     return ema, history
@@ -333,6 +334,24 @@ def main(argv=None) -> dict:
     # the true z_i of every training image: the prior's target and the decoder's input
     z_bank = torch.cat([clip.encode_image(as_float(x, device))
                         for x in data["images"][sizes[0]].split(512)])
+
+    @torch.no_grad()
+    def preview(name, model, step):  # at each checkpoint: the EMA model on 8 fixed training examples
+        idx, g, s = torch.arange(min(8, n)), torch.Generator().manual_seed(cfg.seed), cfg.sampling
+        caps = [data["captions"][i] for i in idx]
+        if name in ("prior", "ar_prior"):  # the training images nearest its sampled z_i
+            z = model.sample(*clip.encode_text(caps), generator=g)
+            x = as_float(data["images"][sizes[0]][(z @ z_bank.T).argmax(1).cpu()], "cpu")
+        elif name == "decoder":  # from the true z_i, at half the sampling steps: a preview
+            x = model.sample(z_bank[idx], *clip.tokenize(caps), steps=max(2, s.decoder_steps // 2),
+                             guidance_scale=s.guidance, generator=g)
+        else:  # an upsampler, on the true images of the size below
+            k = STAGES.index(name) - 3
+            lo = as_float(data["images"][sizes[k]][idx], device)
+            x = model.sample(lo, steps=s.up_steps[k], generator=g)
+        (out / "grids").mkdir(exist_ok=True)
+        save_grid(x.cpu(), caps, out / "grids" / f"{name}_{step:05d}.png", ncol=8)
+    run["preview"] = preview
 
     # stage 1: the prior P(z_i | y) [unCLIP] Sec. 2.2
     prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"

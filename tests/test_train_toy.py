@@ -47,6 +47,9 @@ def test_all_stages_write_checkpoints_and_report(finished_run):
     assert set(saved["seconds"]) >= {"clip", "prior", "decoder", "up1", "up2", "eval"}
     assert (out / "report.md").read_text().startswith("# tinyunclip")
     assert (out / "samples_32.png").exists() and (out / "samples_128.png").exists()
+    for name in ("prior", "decoder", "up1", "up2"):  # a preview grid at each checkpoint
+        grids = sorted(p.name for p in (out / "grids").glob(f"{name}_*.png"))
+        assert grids == [f"{name}_00002.png", f"{name}_00004.png"], grids
     ck = torch.load(out / "decoder.pt", weights_only=True)
     assert ck["train"]["step"] == STEPS and len(ck["train"]["history"]) == STEPS
     Decoder.load(out / "decoder.pt")  # the module's own loader reads a stage checkpoint
