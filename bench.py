@@ -18,7 +18,7 @@ rendering), unit-norm embeddings, images in [-1, 1]. Per model:
                     (fp32 on CPU; on CUDA the bf16 peak, the precision training runs in)
     sample s/image  the steps train_toy samples with (Sampling): decoder 50 with batched
                     classifier-free guidance, prior 64 with best-of-2 (AR prior: one call per
-                    token), upsamplers 27 and 15
+                    token), upsamplers at train_toy.Sampling.up_steps (10 and 6)
     peak mem        CUDA: torch.cuda.max_memory_allocated over the training steps. Else: growth
                     of the process's max RSS, a high-water mark: 0 when an earlier model used more,
                     so run one model (--only) for a clean number

@@ -1,7 +1,7 @@
 """Train the whole unCLIP stack on Shapes, then measure how good it is.
 
     python train_toy.py                        # the default run -> runs/toy/ (report.md, *.png)
-    python train_toy.py --quick                # every stage end to end in a few minutes
+    python train_toy.py --quick                # every stage end to end in about 2.5 minutes
     python train_toy.py --stages decoder,up1 --resume
     python train_toy.py --decoder.channels 96 --opt_decoder.steps 8000
     torchrun --nproc_per_node=2 train_toy.py   # DistributedDataParallel, as nanoGPT does it
@@ -159,7 +159,7 @@ def holdout_pairs(cfg: Config) -> list:
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     cfg = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in a few minutes")
+    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2.5 minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder with a finished run")
     for dotted, owner, f in _leaves(cfg):
