@@ -365,22 +365,26 @@ def prior_rows(a, pipe, held) -> list:
 
 
 def decoder_rows(a, pipe, held) -> list:
-    """Issue 6: decode the TRUE z_i of real renders, with their caption (as the pipeline does)
-    and without: does the image keep the render's five attributes? (z_i cos: CLIP of the output.)"""
-    x, decoder = held["images"][32], pipe.decoder
+    """Issue 6: decode the TRUE z_i of real renders with their caption (as the pipeline does) at
+    each decoder guidance scale of --scales, and without the caption: does the image keep the
+    render's five attributes, and does guidance raise the CLIP score? z_i cos: CLIP of the output
+    against the z_i it was given."""
+    x, decoder, captions = held["images"][32], pipe.decoder, held["caption"]
+    g0 = a.sampling["decoder_guidance"]
     z_i = pipe.clip.encode_image(x)
-    tokens, mask = pipe.clip.tokenize(held["caption"])
+    tokens, mask = pipe.clip.tokenize(captions)
     length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
-    variants = [("true z_i and the caption", (tokens[:, :length], mask[:, :length])),
-                ("true z_i, no caption", (None, None))]
-    rows = [{"row": "real renders (reference)"} | accuracy(evaluator().read(x), held["attrs"])]
-    for label, text in variants[0 if decoder.cfg.text_layers else 1:]:  # a decoder that reads no caption
+    with_text = [(f"true z_i and the caption, s={s:g}", (tokens[:, :length], mask[:, :length]), s)
+                 for s in sorted({*a.scales, g0})]
+    without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
+    rows = [real_row(pipe, captions, held["attrs"], x)]
+    for label, text, s in (with_text + without) if decoder.cfg.text_layers else without:
         clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
         out = decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
-                             guidance_scale=a.sampling["decoder_guidance"]).clamp(-1, 1)
-        rows.append({"row": label} | accuracy(evaluator().read(out), held["attrs"])
-                    | {"z_i cos": F.cosine_similarity(pipe.clip.encode_image(out), z_i).mean().item(),
-                       "seconds": time.perf_counter() - clock})
+                             guidance_scale=s).clamp(-1, 1)
+        row = score(pipe, out, captions, held["attrs"], x)
+        rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
+                                            "seconds": time.perf_counter() - clock})
     return rows
 
 
@@ -508,7 +512,7 @@ def main(argv=None) -> list:
     p.add_argument("--decoder-steps", type=int, help="default: the run's sampling config")
     p.add_argument("--guidance", type=float, help="decoder guidance (default: the run's config)")
     p.add_argument("--steps", default="10,25,50,100,250", help="variance: decoder step counts")
-    p.add_argument("--scales", default="1,2,3,4,6,8", help="guidance: decoder guidance scales")
+    p.add_argument("--scales", default="1,2,3,4,6,8", help="guidance, components: decoder guidance scales")
     p.add_argument("--per-caption", type=int, default=8, help="guidance: images per caption, k")
     p.add_argument("--prior-guidance", type=float, default=3.0, help="guidance: prior scale when on")
     # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations; a bank of 2000 random renders

@@ -266,6 +266,9 @@ class Evaluator:
     shape comes from the normalized moments |C_3| (3-fold symmetry: triangle) and |C_4| (4-fold:
     square, more for a thin-armed cross; 0: circle), which an isotropic blur leaves unchanged; size
     is the area sum(c), given the shape. The thresholds are measured on clean renders in __init__.
+    A triangle needs |C_3| past its cut AND a 3-fold moment stronger than the 4-fold one, each as a
+    fraction of its clean shape's (triangle, cross): a cross with one arm a third longer than the
+    others has |C_3| past the cut but its |C_4| stays cross-like, and it still reads as a cross.
     """
 
     def __init__(self):
@@ -276,7 +279,8 @@ class Evaluator:
         m = {(s, z): self._measure(clean(s, z)) for s in SHAPES for z in SIZES}
         n4_square, n4_cross = m["square", "large"]["n4"].item(), m["cross", "large"]["n4"].item()
         # cut halfway between the clean values (geometrically between square and cross)
-        self.n3_cut = m["triangle", "large"]["n3"].item() / 2
+        self.n3_triangle, self.n4_cross = m["triangle", "large"]["n3"].item(), n4_cross
+        self.n3_cut = self.n3_triangle / 2
         self.n4_cuts = (n4_square / 2, math.sqrt(n4_square * n4_cross))
         self.area_cut = {s: math.sqrt(m[s, "small"]["area"] * m[s, "large"]["area"]) for s in SHAPES}
 
@@ -344,7 +348,8 @@ class Evaluator:
         """Measurements -> B ATTRIBUTES dicts."""
         out = []
         for bg, k, area, x, y, n3, n4 in zip(*(m[key].tolist() for key in m), strict=True):
-            shape = ("triangle" if n3 > self.n3_cut else "circle" if n4 < self.n4_cuts[0]
+            triangle = n3 > self.n3_cut and n3 / self.n3_triangle >= n4 / self.n4_cross
+            shape = ("triangle" if triangle else "circle" if n4 < self.n4_cuts[0]
                      else "square" if n4 < self.n4_cuts[1] else "cross")
             row, col = (int(u > 0.375) + int(u > 0.625) for u in (y, x))  # between GRID centres
             size = "large" if area > self.area_cut[shape] else "small"

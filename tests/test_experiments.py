@@ -43,8 +43,9 @@ COMPONENTS = {  # table title: its rows
     "Prior (issue 5)": ["true z_i (retrieval ceiling)", "z_t as z_i (no prior)", "mean z_i of the bank",
                         "a bank render with the named attributes (an exact sample given y)",
                         "diffusion prior", "AR prior (exp_ar_prior/ar_prior.pt)"],
-    "Decoder from the true z_i (issue 6)": ["real renders (reference)", "true z_i and the caption",
-                                            "true z_i, no caption"],
+    "Decoder from the true z_i (issue 6)": ["real renders (reference)", "true z_i and the caption, s=1",
+                                            "true z_i and the caption, s=2", "true z_i and the caption, s=3",
+                                            "true z_i, no caption, s=3"],
     "Upsamplers on true low-res renders (issue 7)": ["32->64: bicubic", "32->64: up1, 2 DDIM steps",
                                                      "64->128: bicubic", "64->128: up2, 2 DDIM steps"]}
 
@@ -106,7 +107,8 @@ def check_components(record, run):
     for row in prior[4:]:
         assert {"all", "z_i cos", "distinct sizes", "cos z_t, best of 1", "cos z_t, best of 2"} <= set(row)
         assert 1 <= row["distinct positions"] <= 2 and 0 <= row["all"] <= 1  # k = 2
-    assert all(set(ATTRIBUTES) <= set(row) for row in decoder)
+    assert all({*ATTRIBUTES, "CLIP score"} <= set(row) for row in decoder)
+    assert all(-1 <= row["z_i cos"] <= 1 and row["FD_CLIP"] >= 0 for row in decoder[1:])
     for row in ups:
         assert row["PSNR"] > 15 and 0 < row["L1"] < 0.2 and 0 <= row["same reading"] <= 1, row
     for i in (1, 2):  # 4 rows (low-res, bicubic, upsampler, truth) of n / 2 = 2 images

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import toy_data as td
 
@@ -83,6 +83,27 @@ def test_evaluator_reads_fresh_and_degraded_renders(evaluator, size):
         acc = td.attribute_accuracy(evaluator.read(x), b["attrs"])
         assert set(acc) == set(td.ATTRIBUTES) | {"all"}
         assert all(v["acc"] >= 0.99 and v["n"] == 300 for v in acc.values()), acc
+
+
+def lopsided(shape, size, extend):
+    """A 32x32 red `shape` on white with its top arm (cross) or top vertex (triangle) lengthened by
+    a bar `extend` circumradii long: how generated shapes go wrong."""
+    R = td.RENDER_SIZE
+    image, r = Image.new("RGB", (R, R), td.RGB["white"]), td.RADIUS[size] * R
+    draw, h = ImageDraw.Draw(image), td.CROSS_ARM * r / math.hypot(1, td.CROSS_ARM)
+    draw.polygon([(R / 2 + r * u, R / 2 + r * v) for u, v in td._outline(shape, 0.0)], fill=td.RGB["red"])
+    draw.rectangle([R / 2 - h, R / 2 - r - extend * r, R / 2 + h, R / 2 - r + 2], fill=td.RGB["red"])
+    pixels = np.asarray(image.resize((32, 32), Image.BOX)).copy()
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_evaluator_reads_a_lopsided_cross_as_a_cross(evaluator, size):
+    for extend in (0.3, 0.4):  # one arm 30-40% longer: its 3-fold moment passes the triangle cut
+        x = lopsided("cross", size, extend)
+        assert evaluator._measure(x / 2 + 0.5)["n3"].item() > evaluator.n3_cut
+        assert evaluator.read(x)[0]["shape"] == "cross", extend
+        assert evaluator.read(lopsided("triangle", size, extend))[0]["shape"] == "triangle", extend
 
 
 def test_evaluator_two_objects_and_pil(evaluator):
