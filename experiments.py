@@ -6,7 +6,7 @@ module measured on its own (issues 4-7).
     python experiments.py guidance --run runs/toy  # [CFG] [GLIDE]: decoder guidance 1 ... 8, prior guidance
     python experiments.py binding  --run runs/toy  # [unCLIP] Sec. 7: colours bound to shapes, two objects
     python experiments.py holdout  --run runs/toy  # compositional generalization to held-out pairs
-    python experiments.py components --run runs/toy  # CLIP zero-shot, prior, decoder from true z_i, ups
+    python experiments.py components --run runs/toy  # CLIP, prior, decoder from true z_i at s = 1 ... 8, ups
     python experiments.py all      --run runs/toy  # the six, one after the other
 
 Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
