@@ -13,6 +13,7 @@ Symbols and names
     z_i, z_t   unit CLIP image / caption embeddings [B, D] (only the metrics see them)
 """
 
+import io
 import math
 import os
 import pickle
@@ -142,13 +143,10 @@ def render(scene: Scene, sizes=(32,)) -> dict:
         else:
             draw.polygon([(cx + r * u, cy + r * v) for u, v in _outline(o.shape, o.angle)],
                          fill=RGB[o.colour])
-    views, size = {}, RENDER_SIZE
-    while True:  # one fixed chain of halvings, whatever sizes were asked for
-        if size in sizes:
-            views[size] = _to_tensor(image)
-        if size == min(sizes):
-            return {s: views[s] for s in sizes}
-        image, size = image.reduce(2), size // 2
+    views = {RENDER_SIZE: image}  # one fixed chain of halvings, whatever sizes were asked for
+    while min(views) > min(sizes):
+        views[min(views) // 2] = views[min(views)].reduce(2)
+    return {s: _to_tensor(views[s]) for s in sizes}
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -266,17 +264,12 @@ class Evaluator:
     shape comes from the normalized moments |C_3| (3-fold symmetry: triangle) and |C_4| (4-fold:
     square, more for a thin-armed cross; 0: circle), which an isotropic blur leaves unchanged; size
     is the area sum(c), given the shape. The thresholds are measured on clean renders in __init__.
-    A triangle needs |C_3| past its cut AND a 3-fold moment stronger than the 4-fold one, each as a
-    fraction of its clean shape's (triangle, cross): a cross with one arm a third longer than the
-    others has |C_3| past the cut but its |C_4| stays cross-like, and it still reads as a cross.
     """
 
     def __init__(self):
-        def clean(shape, size):  # centred, unrotated, as a [1, 3, 32, 32] batch in [0, 1]
-            obj = Obj("red", shape, size, "center", 0.5, 0.5, RADIUS[size], 0.0)
-            return render(Scene((obj,), "gray"))[32][None] / 2 + 0.5
-
-        m = {(s, z): self._measure(clean(s, z)) for s in SHAPES for z in SIZES}
+        clean = {(s, z): Scene((Obj("red", s, z, "center", 0.5, 0.5, RADIUS[z], 0.0),), "gray")
+                 for s in SHAPES for z in SIZES}  # centred, unrotated
+        m = {k: self._measure(render(scene)[32][None] / 2 + 0.5) for k, scene in clean.items()}
         n4_square, n4_cross = m["square", "large"]["n4"].item(), m["cross", "large"]["n4"].item()
         # cut halfway between the clean values (geometrically between square and cross)
         self.n3_triangle, self.n4_cross = m["triangle", "large"]["n3"].item(), n4_cross
@@ -290,8 +283,7 @@ class Evaluator:
 
     def read_pair(self, images) -> list:
         """Two-object scenes -> B dicts of PAIR_ATTRIBUTES; each image half holds one object."""
-        x, left = self._as_batch(images), torch.zeros(1, 1, 32, 32, dtype=torch.bool)
-        left[..., :16] = True
+        x, left = self._as_batch(images), torch.arange(32) < 16  # columns of the left half
         reads = [self._classify(self._measure(x, half)) for half in (left, ~left)]
         return [{f"{side}_{k}": r[k] for side, r in (("left", a), ("right", b))
                  for k in ("colour", "shape", "size")} | {"background": a["background"]}
@@ -309,11 +301,10 @@ class Evaluator:
         return F.adaptive_avg_pool2d((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, 32)
 
     @staticmethod
-    def _measure(x, region=None) -> dict:
-        """Background and colour indices, area (pixels), centroid (fractions) and |C_3|, |C_4| of
-        the object inside `region` (bool [1, 1, 32, 32]) of each image of x [B, 3, 32, 32] in [0, 1]."""
+    def _measure(x, region=True) -> dict:
+        """Background and colour indices, area (pixels), centroid (fractions) and |C_3|, |C_4| of the
+        object inside `region` (bool, broadcast to [32, 32]) of each image of x [B, 3, 32, 32] in [0, 1]."""
         B, _, H, W = x.shape
-        region = torch.ones(1, 1, H, W, dtype=torch.bool) if region is None else region
         ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=2)
         b = ring.median(dim=2).values  # [B, 3]: median colour of the outermost ring of pixels
         background = torch.cdist(b, torch.tensor([RGB[c] for c in BACKGROUNDS]) / 255.0).argmin(1)
@@ -348,6 +339,8 @@ class Evaluator:
         """Measurements -> B ATTRIBUTES dicts."""
         out = []
         for bg, k, area, x, y, n3, n4 in zip(*(m[key].tolist() for key in m), strict=True):
+            # |C_3| past its cut AND stronger than |C_4|, each against its clean shape's: a cross
+            # with one arm a third longer passes the cut, but its |C_4| keeps it a cross
             triangle = n3 > self.n3_cut and n3 / self.n3_triangle >= n4 / self.n4_cross
             shape = ("triangle" if triangle else "circle" if n4 < self.n4_cuts[0]
                      else "square" if n4 < self.n4_cuts[1] else "cross")
@@ -472,11 +465,7 @@ class CIFAR10Captions(torch.utils.data.Dataset):
             raise FileNotFoundError(f"CIFAR-10 files {missing} not found in {root}: download the "
                                     "python version from https://www.cs.toronto.edu/~kriz/cifar.html"
                                     " and pass its extracted folder cifar-10-batches-py")
-
-        def load(name):
-            with open(root / name, "rb") as f:
-                return _NumpyOnly(f, encoding="bytes").load()
-
+        load = lambda name: _NumpyOnly(io.BytesIO((root / name).read_bytes()), encoding="bytes").load()
         self.classes = [c.decode() for c in load("batches.meta")[b"label_names"]]
         data, self.labels = [], []
         for n in names:
