@@ -165,7 +165,20 @@ def score(pipe, images, captions, named, real, z_i=None, pair=False) -> dict:
                                     "FD_CLIP": toy_data.frechet_distance(z_gen, z_real)}
     if z_i is not None:
         row["z_i cos"] = F.cosine_similarity(z_i, z_real).mean().item()
-    return row | {"_reads": reads, "_z": z_gen}
+    cos = F.cosine_similarity(z_gen.double(), z_t.double(), dim=1)  # each image's CLIP score
+    return row | {"_reads": reads, "_z": z_gen, "_cos": cos}
+
+
+def versus_unguided(rows: list, label: str) -> list:
+    """Adds "CLIP score - s=1": each row's per-image CLIP score minus the same image's at guidance 1
+    (row `label`; same scenes and sampling seeds, so the difference is paired), averaged, and the
+    average's standard error. The rows' means alone cannot tell a gain of 0.003 from noise."""
+    base = next((r for r in rows if r["row"] == label), None)
+    for r in rows[1:] if base is not None else ():  # rows[0]: the real renders
+        if r is not base:
+            d = r["_cos"] - base["_cos"]
+            r |= {"CLIP score - s=1": d.mean().item(), "paired SE": (d.std() / len(d) ** 0.5).item()}
+    return rows
 
 
 def real_row(pipe, captions, named, real, pair=False, label="real renders (reference)") -> dict:
@@ -279,7 +292,8 @@ def exp_guidance(a, pipe, cfg) -> tuple:
     rows += [timed(f"decoder s={s:g}, prior s=1", pipe, captions, named, real, a, k=k, decoder_guidance=s)
              for s in sorted({*a.scales, g0})]  # g0 also anchors the prior-guidance pair
     row = timed(f"decoder s={g0:g}, prior s={p:g}", pipe, captions, named, real, a, k=k, prior_guidance=p)
-    return rows + [row], f"{k} images for each of {len(captions)} captions: {', '.join(captions)}"
+    return versus_unguided(rows + [row], "decoder s=1, prior s=1"), (
+        f"{k} images for each of {len(captions)} captions: {', '.join(captions)}")
 
 
 def exp_binding(a, pipe, cfg) -> tuple:
@@ -385,7 +399,7 @@ def decoder_rows(a, pipe, held) -> list:
         row = score(pipe, out, captions, held["attrs"], x)
         rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
                                             "seconds": time.perf_counter() - clock})
-    return rows
+    return versus_unguided(rows, "true z_i and the caption, s=1")
 
 
 def upsampler_rows(a, pipe, held) -> list:
@@ -438,7 +452,9 @@ def machine(device) -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
 
 
-ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "FD_CLIP", "z_i cos")
+ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "CLIP score - s=1",
+         "paired SE", "FD_CLIP", "z_i cos")
+FORMATS = {"seconds": "{:.1f}", "CLIP score - s=1": "{:+.4f}", "paired SE": "{:.4f}"}  # else {:.3f}
 TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned variance and few steps [IDDPM]",
           "guidance": "Guidance trade-off [CFG] [GLIDE]", "binding": "Attribute binding [unCLIP] Sec. 7",
           "holdout": "Compositional generalization (held-out pairs)",
@@ -449,8 +465,8 @@ def table(rows: list) -> str:
     """Markdown table; columns in ORDER, then the others as they come; "–" where a row has none."""
     columns = [c for c in dict.fromkeys((*ORDER, *(k for r in rows for k in r), "seconds"))
                if any(c in r for r in rows)]
-    cell = lambda v, c: ("–" if v is None else f"{v:.1f}" if c == "seconds"
-                         else f"{v:.3f}" if isinstance(v, float) else str(v))
+    cell = lambda v, c: ("–" if v is None else FORMATS.get(c, "{:.3f}").format(v)
+                         if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows])
 

@@ -81,6 +81,7 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     assert "purple triangle" in records[4]["settings"]
     guidance = records[2]["rows"]
     assert all(0 <= r["unnamed varied"] <= 1 and r["z_i spread"] >= 0 for r in guidance)
+    check_paired(guidance, base=1)
     # the extra stages went to sub-folders, trained under the run's config; the run is untouched
     fixed = torch.load(run / "exp_fixed_var" / "decoder.pt", weights_only=True)
     assert fixed["config"]["learn_sigma"] is False and fixed["config"]["out_channels"] == 3
@@ -109,11 +110,21 @@ def check_components(record, run):
         assert 1 <= row["distinct positions"] <= 2 and 0 <= row["all"] <= 1  # k = 2
     assert all({*ATTRIBUTES, "CLIP score"} <= set(row) for row in decoder)
     assert all(-1 <= row["z_i cos"] <= 1 and row["FD_CLIP"] >= 0 for row in decoder[1:])
+    check_paired(decoder, base=1)
     for row in ups:
         assert row["PSNR"] > 15 and 0 < row["L1"] < 0.2 and 0 <= row["same reading"] <= 1, row
     for i in (1, 2):  # 4 rows (low-res, bicubic, upsampler, truth) of n / 2 = 2 images
         png = Image.open(run / "experiments" / f"components_up{i}.png")
         assert png.size[1] > 3 * png.size[0] / 2
+
+
+def check_paired(rows, base):
+    """rows[base] is guidance 1; the rows after it carry its paired CLIP-score difference."""
+    assert all("CLIP score - s=1" not in row for row in rows[:base + 1])
+    for row in rows[base + 1:]:
+        gain = row["CLIP score"] - rows[base]["CLIP score"]  # the mean of the per-image differences
+        assert row["CLIP score - s=1"] == pytest.approx(gain, abs=1e-9)
+        assert row["paired SE"] >= 0
 
 
 def test_psnr_and_zero_shot_scorer():
