@@ -39,7 +39,6 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +59,10 @@ EVAL_SEED = 7919  # scenes from seed + 7919, as train_toy.evaluate: never render
 BANK_SEED = 104_729  # the retrieval bank: fresh renders, neither training nor evaluation scenes
 VALUES = {a: getattr(toy_data, f"{a.upper()}S") for a in ATTRIBUTES}  # colour -> COLOURS, ...
 UNNAMED = ("size", "position", "background")  # what "a red circle" leaves free
+evaluator = functools.cache(toy_data.Evaluator)  # one Evaluator: rule-based, shares nothing with CLIP
 
 
-# ----------------------------------------------------------------------------- the stack
-def load_stack(a) -> tuple:
-    """(UnCLIP from the run's stage files, the run's saved train_toy config or {})."""
-    if not a.run.is_dir():
-        raise SystemExit(f"no run folder {a.run}; train one with: python train_toy.py --out {a.run}")
-    report = a.run / "report.json"
-    cfg = json.loads(report.read_text()).get("config", {}) if report.exists() else {}
-    pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
-    if pipe.prior is None:
-        raise SystemExit(f"{a.run} has no prior.pt or ar_prior.pt; train one with "
-                         f"python train_toy.py --out {a.run} --stages prior --resume")
-    if pipe.image_size != 32:  # the real renders, the toy CLIP and the Evaluator are at 32x32
-        raise SystemExit(f"the experiments read 32x32 decoder images; {a.run} decodes at "
-                         f"{pipe.image_size}x{pipe.image_size}")
-    return pipe, cfg
-
-
+# ----------------------------------------------------------------------------- extra stages
 def config_args(saved: dict) -> list:
     """train_toy command-line options that rebuild a saved config (asdict(Config), via JSON)."""
     args = []
@@ -87,22 +71,19 @@ def config_args(saved: dict) -> list:
         for key in dotted.split("."):
             value = value.get(key) if isinstance(value, dict) else None
         if value is not None:  # None: a field newer than the run keeps train_toy's default
-            text = (",".join(map(str, value)) if isinstance(value, list | tuple)
-                    else str(value).lower() if isinstance(value, bool) else str(value))
+            text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
             args += [f"--{dotted}", text]
     return args
 
 
 def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
-    """RUN/sub/<stage>.pt trained by train_toy.py under the run's config plus `options`, on a
-    copy of the run's frozen clip.pt; reused when it already holds the asked-for steps."""
-    file = "ar_prior" if stage == "ar" else "decoder"
-    folder, opt = a.run / sub, f"opt_{file}"
-    path = folder / f"{file}.pt"
+    """RUN/sub/<stage>.pt trained by train_toy.py under the run's config + `options`; reused once done."""
+    folder, file = a.run / sub, "ar_prior" if stage == "ar" else "decoder"
+    path, opt = folder / f"{file}.pt", f"opt_{file}"
     if not cfg:
         raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json when the "
                          f"run finishes; finish it with python train_toy.py --out {a.run} --resume")
-    steps = a.train_steps or cfg.get(opt, asdict(getattr(train_toy.Config(), opt)))["steps"]
+    steps = a.train_steps or (cfg[opt]["steps"] if opt in cfg else getattr(train_toy.Config(), opt).steps)
     if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
         return path  # finished (a file without training state counts as finished)
     folder.mkdir(exist_ok=True)
@@ -130,10 +111,10 @@ def scenes(n: int, seed: int, holdout=(), two_objects=False) -> tuple:
     return batch["caption"], batch["named"], batch["images"][32]
 
 
-def free_captions(a, k: int) -> tuple:
+def free_captions(a) -> tuple:
     """max(2, n / k) captions "a red circle" (size, position, background left free) of pairs the
     run trained on, and k real renders of each: (captions, real [captions k, 3, 32, 32])."""
-    pairs = allowed_pairs(a.holdout)
+    pairs, k = allowed_pairs(a.holdout), a.per_caption
     pairs = [pairs[i] for i in np.random.default_rng(a.seed).permutation(len(pairs))[:max(2, a.n // k)]]
     real = torch.cat([only_pair(p, k, a.seed + EVAL_SEED + 100 + j)[2] for j, p in enumerate(pairs)])
     return [f"a {c} {s}" for c, s in pairs], real
@@ -142,11 +123,6 @@ def free_captions(a, k: int) -> tuple:
 def only_pair(pair, n: int, seed: int) -> tuple:
     """n scenes of one (colour, shape) pair: every other pair held out (toy_data.sample_scene)."""
     return scenes(n, seed, holdout=[p for p in allowed_pairs() if p != tuple(pair)])
-
-
-@functools.cache
-def evaluator() -> toy_data.Evaluator:
-    return toy_data.Evaluator()  # rule-based, shares nothing with CLIP
 
 
 def accuracy(reads: list, named: list) -> dict:
@@ -182,7 +158,6 @@ def versus_unguided(rows: list, label: str) -> list:
 
 
 def real_row(pipe, captions, named, real, pair=False, label="real renders (reference)") -> dict:
-    """The reference: the Evaluator and CLIP on the real renders of the same scenes."""
     row = score(pipe, real, captions, named, real, pair=pair)
     return {"row": label} | {k: v for k, v in row.items() if k != "FD_CLIP"}
 
@@ -241,8 +216,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the experiments
 def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) -> dict:
-    """A table row: k images per caption up to the decoder, with the run's sampling settings (or
-    the CLI's) changed by `override`; scored (and their diversity for k > 1) and timed."""
+    """A row: k images per caption up to the decoder, sampled with a.sampling | override, scored, timed."""
     clock = time.perf_counter()
     out = pipe.generate(captions, images_per_caption=k, seed=a.seed, stages="decoder",
                         **(a.sampling | override))
@@ -256,9 +230,9 @@ def exp_prior(a, pipe, cfg) -> tuple:
     if not (a.run / "prior.pt").exists():
         raise SystemExit(f"prior compares with the diffusion prior {a.run}/prior.pt; train it with "
                          f"python train_toy.py --out {a.run} --stages prior --resume")
-    have = a.run / "ar_prior.pt"
-    path = have if have.exists() else train_extra(a, cfg, "exp_ar_prior", "ar", [
-        "--stages", "prior", "--prior_kind", "ar"])
+    path = a.run / "ar_prior.pt"
+    if not path.exists():
+        path = train_extra(a, cfg, "exp_ar_prior", "ar", ["--stages", "prior", "--prior_kind", "ar"])
     ar_pipe = unclip.UnCLIP(pipe.clip, ARPrior.load(path, map_location=a.device), pipe.decoder)
     data = scenes(a.n, a.seed + EVAL_SEED, a.holdout)
     return [real_row(pipe, *data),
@@ -283,9 +257,8 @@ def exp_variance(a, pipe, cfg) -> tuple:
 
 def exp_guidance(a, pipe, cfg) -> tuple:
     """[CFG] [GLIDE] Sec. 3: decoder guidance trades diversity for fidelity; prior guidance."""
-    k = a.per_caption
-    captions, real = free_captions(a, k)
-    named = [dict(zip(("colour", "shape"), c.split()[1:], strict=True)) for c in captions for _ in range(k)]
+    k, (captions, real) = a.per_caption, free_captions(a)
+    named = [toy_data.parse_caption(c) for c in captions for _ in range(k)]  # colour and shape
     reference = real_row(pipe, [c for c in captions for _ in range(k)], named, real)
     rows = [reference | diversity(reference["_z"], reference["_reads"], k)]
     g0, p = a.sampling["decoder_guidance"], a.prior_guidance
@@ -298,8 +271,7 @@ def exp_guidance(a, pipe, cfg) -> tuple:
 
 def exp_binding(a, pipe, cfg) -> tuple:
     """[unCLIP] Sec. 7: two-object captions (never seen in training) vs one-object captions."""
-    one = scenes(a.n, a.seed + EVAL_SEED, a.holdout)
-    two = scenes(a.n, a.seed + EVAL_SEED, a.holdout, two_objects=True)
+    one, two = (scenes(a.n, a.seed + EVAL_SEED, a.holdout, two_objects=t) for t in (False, True))
     rows = [real_row(pipe, *two, pair=True), timed("generated, one object", pipe, *one, a),
             timed("generated, two objects", pipe, *two, a, pair=True)]
     for row in rows[::2]:
@@ -344,7 +316,7 @@ def prior_rows(a, pipe, held) -> list:
     bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
     z_bank, bank_reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
     nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
-    captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a, a.per_caption)
+    captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a)
     z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
 
     def row(label, z, z_free=None) -> dict:
@@ -359,8 +331,8 @@ def prior_rows(a, pipe, held) -> list:
     # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
     # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
     # so a prior can beat this row only by collapsing towards that mean (README, "Prior")
-    rng, fits = np.random.default_rng(a.seed), lambda b, n: all(b[u] == v for u, v in n.items())
-    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if fits(b, n)] or [j])
+    rng = np.random.default_rng(a.seed)
+    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if b.items() >= n.items()] or [j])
              for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
     rows.append(row("a bank render with the named attributes (an exact sample given y)", z_bank[match]))
     priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
@@ -381,10 +353,8 @@ def prior_rows(a, pipe, held) -> list:
 def decoder_rows(a, pipe, held) -> list:
     """Issue 6: decode the TRUE z_i of real renders with their caption (as the pipeline does) at
     each decoder guidance scale of --scales, and without the caption: does the image keep the
-    render's five attributes, and does guidance raise the CLIP score? z_i cos: CLIP of the output
-    against the z_i it was given."""
-    x, decoder, captions = held["images"][32], pipe.decoder, held["caption"]
-    g0 = a.sampling["decoder_guidance"]
+    render's five attributes, and does guidance raise the CLIP score?"""
+    x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
     z_i = pipe.clip.encode_image(x)
     tokens, mask = pipe.clip.tokenize(captions)
     length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
@@ -392,10 +362,10 @@ def decoder_rows(a, pipe, held) -> list:
                  for s in sorted({*a.scales, g0})]
     without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
     rows = [real_row(pipe, captions, held["attrs"], x)]
-    for label, text, s in (with_text + without) if decoder.cfg.text_layers else without:
+    for label, text, s in (with_text + without) if pipe.decoder.cfg.text_layers else without:
         clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
-        out = decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
-                             guidance_scale=s).clamp(-1, 1)
+        out = pipe.decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
+                                  guidance_scale=s).clamp(-1, 1)
         row = score(pipe, out, captions, held["attrs"], x)
         rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
                                             "seconds": time.perf_counter() - clock})
@@ -463,8 +433,7 @@ TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned vari
 
 def table(rows: list) -> str:
     """Markdown table; columns in ORDER, then the others as they come; "–" where a row has none."""
-    columns = [c for c in dict.fromkeys((*ORDER, *(k for r in rows for k in r), "seconds"))
-               if any(c in r for r in rows)]
+    columns = [c for c in dict.fromkeys((*ORDER, *(k for r in rows for k in r))) if any(c in r for r in rows)]
     cell = lambda v, c: ("–" if v is None else FORMATS.get(c, "{:.3f}").format(v)
                          if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -552,7 +521,17 @@ def main(argv=None) -> list:
     if a.per_caption < 2 or (a.n is not None and a.n < 2) or not a.steps or not a.scales or a.bank < 1:
         raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
                          "images), --bank >= 1, and at least one value in --steps and --scales")
-    pipe, cfg = load_stack(a)
+    if not a.run.is_dir():
+        raise SystemExit(f"no run folder {a.run}; train one with: python train_toy.py --out {a.run}")
+    report = a.run / "report.json"
+    cfg = json.loads(report.read_text()).get("config", {}) if report.exists() else {}
+    pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
+    if pipe.prior is None:
+        raise SystemExit(f"{a.run} has no prior.pt or ar_prior.pt; train one with "
+                         f"python train_toy.py --out {a.run} --stages prior --resume")
+    if pipe.image_size != 32:  # the real renders, the toy CLIP and the Evaluator are at 32x32
+        raise SystemExit(f"the experiments read 32x32 decoder images; {a.run} decodes at "
+                         f"{pipe.image_size}x{pipe.image_size}")
     if a.holdout and cfg and parse_pairs(a.holdout) != parse_pairs(cfg.get("holdout", "")):
         print(f"warning: {a.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
               f"--holdout {a.holdout!r} replaces that in every table", file=sys.stderr)
