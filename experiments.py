@@ -24,6 +24,7 @@ Symbols and names
     k          images per caption (guidance: diversity is measured within a caption's k images)
     s          classifier-free guidance scale [CFG] Eq. 6 (1 = no guidance)
     FD_CLIP    Frechet distance of CLIP image embeddings, generated vs real renders of the scenes
+    CLIP score - s=1, paired SE   per image, CLIP score minus its own at guidance 1, averaged; its SE
     bank       fresh real renders whose z_i the prior's samples are matched to (nearest by cos)
     PSNR       10 log10(1 / MSE) in dB on the [0, 1] pixel scale, per image, then averaged
 """
