@@ -498,7 +498,7 @@ def main(argv=None) -> list:
     p.add_argument("--decoder-steps", type=int, help="default: the run's sampling config")
     p.add_argument("--guidance", type=float, help="decoder guidance (default: the run's config)")
     p.add_argument("--steps", default="10,25,50,100,250", help="variance: decoder step counts")
-    p.add_argument("--scales", default="1,2,3,4,6,8", help="guidance, components: decoder guidance scales")
+    p.add_argument("--scales", default="1,1.5,2,3,4,6,8", help="guidance, components: decoder scales")
     p.add_argument("--per-caption", type=int, default=8, help="guidance: images per caption, k")
     p.add_argument("--prior-guidance", type=float, default=3.0, help="guidance: prior scale when on")
     # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations; a bank of 2000 random renders
