@@ -102,6 +102,32 @@ def _randn(shape, generator, device) -> Tensor:
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN computes bf16 in hardware (AVX512-BF16 or AMX). Elsewhere a bf16 matmul
+    is emulated and many times slower than fp32, so `auto` keeps fp32 there."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device, precision: str = "auto"):
+    """The context the networks run in: bf16 autocast (fp32 master weights; losses and schedules
+    stay fp32/fp64 because they are computed outside the network call) on CUDA and on CPUs with
+    native bf16 when precision is "auto", always with "bf16", never with "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device_type = torch.device(device).type
+    if precision == "auto":
+        on = device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
+    else:
+        on = precision == "bf16"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=on and device_type in ("cpu", "cuda"))
+
+
 class GaussianDiffusion(nn.Module):
     """A T-step Gaussian diffusion [DDPM] with the [IDDPM] reverse-process options.
 

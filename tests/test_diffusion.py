@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import diffusion
 from diffusion import (
     GaussianDiffusion,
     cosine_betas,
@@ -282,3 +283,16 @@ def test_per_example_generators_make_batching_irrelevant():
     assert not torch.allclose(both[0], both[1])
     with pytest.raises(ValueError, match="generators"):
         d.sample(model, (3, 3), generator=gens([1, 2]))
+
+
+def test_autocast_precision_choices():
+    x = torch.randn(4, 8)
+    w = torch.randn(8, 8)
+    with diffusion.autocast("cpu", "fp32"):
+        assert (x @ w).dtype == torch.float32
+    with diffusion.autocast("cpu", "bf16"):
+        assert (x @ w).dtype == torch.bfloat16
+    with diffusion.autocast("cpu", "auto"):  # bf16 only where the CPU computes it natively
+        assert (x @ w).dtype == (torch.bfloat16 if diffusion.cpu_has_native_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="precision"):
+        diffusion.autocast("cpu", "fp16")
