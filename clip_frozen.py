@@ -211,15 +211,20 @@ def bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(rest)}}
 
 
-# OpenAI's pre-tokenizer pattern rewritten for `re`: \p{L} -> [^\W\d_], \p{N} -> \d. The literal
-# <|startoftext|>/<|endoftext|> alternatives are left out, so a caption cannot inject an end token.
-_BPE_PATTERN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+def bpe_pretokenizer() -> re.Pattern:
+    r"""OpenAI's split 's|'t|...|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+ written for `re`, which lacks \p{}: N lists
+    every numeral (digits and also ², ½, Ⅻ, which `re` counts as word characters), a letter is a word
+    character that is neither N nor '_'. The <|startoftext|>/<|endoftext|> alternatives are left out, so a
+    caption cannot inject an end token."""
+    numerals = "".join(c for c in map(chr, range(0x110000)) if c.isnumeric() and not c.isalpha())
+    N = f"[{re.escape(numerals)}]"
+    return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d|(?:(?!{N})[^\W_])+|{N}|(?:[^\s\w]|_)+", re.IGNORECASE)
 
 
 class BPETokenizer(_Tokenizer):
-    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, not shipped): with the
-    released merges start = 49406 and end = 49407, the highest id. Text cleanup is html-unescape, whitespace
-    collapse and lower case (OpenAI also runs ftfy)."""
+    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, copy in tests/data):
+    with the released merges start = 49406 and end = 49407, the highest id. Text cleanup is html-unescape,
+    whitespace collapse and lower case; OpenAI also runs ftfy, which repairs mis-decoded text ("cafÃ©")."""
 
     def __init__(self, merges_path: str, context_length: int = 77, truncate: bool = True):
         opener = gzip.open if str(merges_path).endswith(".gz") else open
@@ -237,6 +242,7 @@ class BPETokenizer(_Tokenizer):
         self.start_token, self.end_token = len(vocab) - 2, len(vocab) - 1
         self.vocab_size, self.context_length, self.truncate = len(vocab), context_length, truncate
         self.cache: dict[str, list[str]] = {}
+        self.pattern = bpe_pretokenizer()
 
     def bpe(self, word: str) -> list[str]:
         """Merge the leftmost adjacent pair of lowest rank until no pair is a merge (OpenAI merges every
@@ -254,7 +260,7 @@ class BPETokenizer(_Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         text = re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip().lower()
-        words = ("".join(self.byte_encoder[b] for b in w.encode("utf-8")) for w in _BPE_PATTERN.findall(text))
+        words = ("".join(self.byte_encoder[b] for b in w.encode("utf-8")) for w in self.pattern.findall(text))
         return [self.encoder[token] for word in words for token in self.bpe(word)]
 
 

@@ -158,13 +158,33 @@ def test_bpe_tokenizer_on_written_merges(tmp_path):
     assert mask.all() and tokens[0, -1] == end and tokens.max() == end
 
 
-def test_bpe_full_size_vocabulary_ids(tmp_path):
-    base = list(bytes_to_unicode().values())
-    merges = [(a, b) for a in base[:200] for b in base][:48894]  # as many merges as OpenAI's file
-    write_merges(tmp_path / "m.txt.gz", merges + [("x", "y")] * 5)  # extra lines are ignored
-    tok = BPETokenizer(str(tmp_path / "m.txt.gz"))
+VOCAB = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"  # OpenAI's merges, MIT
+# Reference ids from OpenAI's tokenizer (its SimpleTokenizer, as packaged in open-clip-torch 3.3.0, run
+# once on the file above), each case for one step of the pipeline.
+OPENAI_IDS = {
+    "A Photo of a CAT!": [320, 1125, 539, 320, 2368, 256],  # lower case; '!' a word of its own
+    "it's 2 dogs &amp; 13 cats": [585, 568, 273, 3255, 261, 272, 274, 3989],  # 's, html, one digit each
+    "don't   stop\n\tbelieving": [847, 713, 1691, 19551],  # 't; runs of whitespace
+    "hello_world  x-ray": [3306, 318, 1002, 343, 268, 3077],  # '_' and '-' split words
+    "unCLIP's zero-shot ImageNet": [569, 9289, 568, 5848, 268, 2000, 2414, 1024, 875],  # several pieces
+    "naïve café 🙂": [1097, 35689, 563, 15304, 14860],  # UTF-8 bytes through the byte table
+    "½kg of flour": [33613, 7817, 539, 18592],  # a numeral (not only 0-9) is a word apart from letters
+    "a 10m² room, chapter Ⅻ": [320, 272, 271, 332, 41175, 1530, 267, 6014, 158, 227, 375],
+    "an orange circle to the right of a green triangle on a gray background": [  # a Shapes caption
+        550, 4287, 7117, 531, 518, 1155, 539, 320, 1901, 14615, 525, 320, 7048, 5994],
+}
+
+
+def test_bpe_gives_openais_ids_with_the_released_merges():
+    tok = BPETokenizer(VOCAB)
     assert (tok.start_token, tok.end_token, tok.vocab_size, tok.context_length) == (
         49406, 49407, 49408, 77)
+    tokens, mask = tok(["a photo of a cat"])
+    assert tokens.shape == (1, 77)
+    assert tokens[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert mask[0].tolist() == [True] * 7 + [False] * 70 and not tokens[0, 7:].any()
+    for caption, ids in OPENAI_IDS.items():
+        assert tok.encode(caption) == ids, caption
 
 
 def test_save_load_round_trip_and_shape_inference(tmp_path):
