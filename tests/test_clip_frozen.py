@@ -238,6 +238,62 @@ def test_load_openai_rejects_resnet_and_unrelated_files(tmp_path):
         load_openai(str(tmp_path / "other.pt"))
 
 
+# Two heads per tower: without autograd, eval-mode nn.MultiheadAttention with an even head count takes
+# its fused fast path (torch._native_multi_head_attention), as OpenAI's models do under FrozenCLIP. It
+# ignores the is_causal hint, so only the explicit mask keeps the text causal there.
+TWO_HEADS = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=1, vision_width=128,
+                       vision_patch_size=4, context_length=24, transformer_width=128,
+                       transformer_layers=2)
+
+
+@pytest.fixture
+def fast_path_calls(monkeypatch):
+    calls, native = [], torch._native_multi_head_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return native(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_native_multi_head_attention", counted)
+    return calls
+
+
+def test_text_is_causal_without_autograd(fast_path_calls):
+    model = make(TWO_HEADS)
+    tokens, _ = ByteTokenizer(24)(["a red circle in the top left"])
+    changed = tokens.clone()
+    changed[0, 10] = 99
+    pooled, states = model.encode_text(tokens)  # autograd on: the reference
+    assert pooled.requires_grad and not fast_path_calls
+    for no_autograd in (torch.no_grad, torch.inference_mode):
+        with no_autograd():
+            fast_pooled, fast = model.encode_text(tokens)
+            after = model.encode_text(changed)[1]
+        assert len(fast_path_calls) == 2 * 2  # two encodes, two blocks each
+        fast_path_calls.clear()
+        assert torch.allclose(fast_pooled, pooled, atol=1e-5)
+        assert torch.allclose(fast, states, atol=1e-5)
+        assert torch.allclose(fast[:, :10], after[:, :10], atol=1e-6)
+        assert not torch.allclose(fast[:, 10:], after[:, 10:], atol=1e-3)
+
+
+def test_frozen_clip_equals_the_autograd_path(fast_path_calls):
+    model, tok = make(TWO_HEADS), ByteTokenizer(24)
+    captions, x = ["a red circle", "a big blue square in the top left", "green"], images(3)
+    tokens, mask = tok(captions)
+    pooled, states = model.encode_text(tokens)  # before FrozenCLIP turns gradients off
+    z_i = model.encode_image(x)
+    assert pooled.requires_grad and z_i.requires_grad and not fast_path_calls
+    frozen = FrozenCLIP(model, tok, batch_size=2)
+    frozen_z_t, frozen_states, frozen_mask = frozen.encode_text(captions)
+    frozen_z_i = frozen.encode_image(x)
+    assert len(fast_path_calls) == 2 * 2 + 2 * 1  # two chunks through 2 text blocks, 1 image block
+    assert torch.equal(frozen_mask, mask)
+    assert torch.allclose(frozen_z_t, F.normalize(pooled, dim=-1), atol=1e-5)
+    assert torch.allclose(frozen_states, states, atol=1e-5)
+    assert torch.allclose(frozen_z_i, F.normalize(z_i, dim=-1), atol=1e-5)
+
+
 def test_frozen_wrapper_has_no_grads_in_a_training_loop():
     frozen = FrozenCLIP(make(), ByteTokenizer(TINY.context_length), batch_size=2)
     frozen.model.train()  # FrozenCLIP must not rely on the caller to keep eval mode...
