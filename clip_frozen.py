@@ -40,8 +40,7 @@ class CLIPConfig:
     image_resolution: int = 32  # the decoder's base resolution (Shapes at 32x32)
     vision_layers: int = 2  # with patch 8 the image is only 16 tokens: 2 blocks suffice
     vision_width: int = 128  # heads = width // 64 as in OpenAI's build (here 2)
-    vision_patch_size: int = 8  # Shapes objects sit on patch corners: each patch holds a quadrant of
-    # the object (patch 4 learned shape several times slower per image in our runs)
+    vision_patch_size: int = 8  # Shapes objects sit on patch corners: a patch holds a quadrant of one
     context_length: int = 112  # start + caption bytes + end; the longest Shapes caption is 103 bytes
     vocab_size: int = 259  # byte tokenizer: pad 0, bytes 1..256, start 257, end 258
     transformer_width: int = 64  # W: text width (1 head), also the width of the states the prior and
@@ -397,8 +396,8 @@ def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float 
     """Contrastive training on (images (B, 3, R, R) in [-1, 1], captions list[str]) batches, iterated again
     when they run out; returns the per-step losses. [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6), weight
     decay on weights only (not gains, biases or the temperature), linear warmup (5% of steps) then cosine
-    decay (or constant), logit scale clipped at 100. On Shapes, 2000 steps of 128 at lr 1e-3 reach 100%
-    zero-shot per attribute (README); 2e-3 learned slower, 3e-3 collapsed (loss stuck at log B)."""
+    decay (or constant), logit scale clipped at 100. Too high an lr can stall training at the chance loss,
+    log B."""
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -422,7 +421,7 @@ def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float 
             group["lr"] = rate
         tokens, mask = tokenizer(captions)
         # Padding after a caption changes nothing we read (causal mask): encode the captions in four
-        # length-sorted groups, each cut to its longest (~1/3 less text work); pairs stay paired.
+        # length-sorted groups, each cut to its longest (short ones skip their padding); pairs stay paired.
         lengths, order = mask.sum(1).sort()
         tokens, images = tokens[order], images[order.to(images.device)]
         z_t = torch.cat([model.encode_text(t[:, :int(n.max())].to(device))[0]

@@ -321,7 +321,7 @@ def test_image_preprocessing():
     toy = FrozenCLIP(model, ByteTokenizer(TINY.context_length))
     x = images(2)
     pils = [Image.fromarray(((im.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for im in x]
-    assert torch.allclose(toy.encode_image(pils), toy.encode_image(x), atol=1e-2)
+    assert torch.allclose(toy.preprocess(pils), x, atol=1 / 255 + 1e-6)  # 8-bit rounding only
     with pytest.raises(ValueError, match="16x16"):
         toy.encode_image(images(1, res=32))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -340,8 +340,14 @@ def test_image_preprocessing():
     wide[..., 16:32] = 1.0
     assert torch.allclose(openai.preprocess(wide), ((1 - mean) / std).view(1, 3, 1, 1).expand(
         1, 3, 16, 16), atol=1e-4)
-    assert openai.encode_image([Image.new("RGB", (40, 20)), Image.new("L", (16, 16))]).shape == (
-        2, 32)
+    # resize the short side to 16, then crop: a tall image keeps its middle third, bicubic edges aside
+    tall = torch.full((1, 3, 96, 32), -1.0)
+    tall[..., 32:64, :] = 1.0
+    assert torch.allclose(openai.preprocess(tall)[..., 3:13, :], ((1 - mean) / std).view(1, 3, 1, 1).expand(
+        1, 3, 10, 16), atol=1e-4)
+    # PIL images of any size and mode: black stays black after resize and crop
+    black = openai.preprocess([Image.new("RGB", (40, 20)), Image.new("L", (16, 16))])
+    assert torch.allclose(black, (-mean / std).view(1, 3, 1, 1).expand(2, 3, 16, 16), atol=1e-4)
 
 
 def test_clip_loss():
@@ -352,11 +358,10 @@ def test_clip_loss():
     # 2x2 closed form: rows and columns both give log(1 + e^(b - a)) for [[a, b], [b, a]]
     assert torch.allclose(clip_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]])),
                           torch.tensor(math.log(1 + math.exp(-1))))
-    # asymmetric logits: the mean of the row and column losses
-    m = torch.tensor([[2.0, 1.0], [0.0, 0.5]])
-    rows = F.cross_entropy(m, torch.arange(2))
-    cols = F.cross_entropy(m.t(), torch.arange(2))
-    assert torch.allclose(clip_loss(m), (rows + cols) / 2) and not torch.allclose(rows, cols)
+    # asymmetric logits: the mean of the four cross-entropies, -log softmax at the diagonal, by hand
+    # (rows: log(1 + e^-1), log(1 + e^-0.5); columns: log(1 + e^-2), log(1 + e^0.5))
+    by_hand = sum(math.log(1 + math.exp(d)) for d in (-1, -0.5, -2, 0.5)) / 4
+    assert clip_loss(torch.tensor([[2.0, 1.0], [0.0, 0.5]])).item() == pytest.approx(by_hand, rel=1e-6)
 
 
 COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "white": (1, 1, 1)}
@@ -400,3 +405,22 @@ def test_train_clip_rejects_exhausted_batches():
     one_shot = (synthetic_batch(torch.Generator().manual_seed(0), 4) for _ in range(2))
     with pytest.raises(ValueError, match="ran out after 2 of 5"):
         train_clip(model, tok, one_shot, steps=5, log_every=0)
+
+
+def test_train_clip_clamps_the_logit_scale_to_at_most_100():
+    # [CLIP] Sec. 2.5: the learned temperature is clipped so logits are scaled by at most 100 (and by at
+    # least 1: tau <= 1). lr=0 keeps every weight: step 1 uses the scale as set, step 2 the clamped one,
+    # on the same batch.
+    model, tok = make(), ByteTokenizer(TINY.context_length)
+    x, captions = synthetic_batch(torch.Generator().manual_seed(0), 8)
+    with torch.no_grad():
+        z_t = F.normalize(model.encode_text(tok(captions)[0])[0], dim=-1)
+        cos = F.normalize(model.encode_image(x), dim=-1) @ z_t.t()
+    for set_to, scale in ((1e4, 100.0), (0.5, 1.0)):
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(set_to))
+        losses = train_clip(model, tok, [(x, captions)], steps=2, lr=0.0, log_every=0)
+        assert model.logit_scale.exp().item() == pytest.approx(scale)
+        assert losses[0] == pytest.approx(clip_loss(set_to * cos).item(), rel=1e-4)
+        assert losses[1] == pytest.approx(clip_loss(scale * cos).item(), rel=1e-4)
+    assert clip_loss(1e4 * cos) > 1.5 * clip_loss(100 * cos)  # so step 2 tells the scales apart
