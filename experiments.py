@@ -1,5 +1,5 @@
-"""The paper's experiments on the trained toy stack, one command each (issue 10), and each
-module measured on its own (issues 4-7).
+"""The paper's experiments on the trained toy stack, one command each, and each module measured
+on its own (EXPERIMENTS.md holds the tables of the default run).
 
     python experiments.py prior    --run runs/toy  # [unCLIP] 5.1: diffusion/AR prior, z_t, caption only
     python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed variance, 10 ... 250 steps
@@ -310,7 +310,7 @@ def exp_holdout(a, pipe, cfg) -> tuple:
 
 
 def prior_rows(a, pipe, held) -> list:
-    """Issue 5: each prior's z_i against the true one, the nearest real render (by cos) in a bank
+    """Each prior's z_i against the true one, the nearest real render (by cos) in a bank
     of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
     sample; z_t and the bank's mean z_i are the baselines, a bank render with the caption's
     attributes what an exact sampler of p(z_i | y) scores, the true z_i the ceiling."""
@@ -331,7 +331,7 @@ def prior_rows(a, pipe, held) -> list:
             row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
     # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
     # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
-    # so a prior can beat this row only by collapsing towards that mean (README, "Prior")
+    # so a prior can beat this row only by collapsing towards that mean (EXPERIMENTS.md, "Prior")
     rng = np.random.default_rng(a.seed)
     match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if b.items() >= n.items()] or [j])
              for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
@@ -352,7 +352,7 @@ def prior_rows(a, pipe, held) -> list:
 
 
 def decoder_rows(a, pipe, held) -> list:
-    """Issue 6: decode the TRUE z_i of real renders with their caption (as the pipeline does) at
+    """Decode the TRUE z_i of real renders with their caption (as the pipeline does) at
     each decoder guidance scale of --scales, and without the caption: does the image keep the
     render's five attributes, and does guidance raise the CLIP score?"""
     x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
@@ -374,7 +374,7 @@ def decoder_rows(a, pipe, held) -> list:
 
 
 def upsampler_rows(a, pipe, held) -> list:
-    """Issue 7: each upsampler on true low-res renders vs bicubic (the upsampler's own input):
+    """Each upsampler on true low-res renders vs bicubic (the upsampler's own input):
     PSNR and L1 against the true high-res render, and "same reading" = the fraction the Evaluator
     reads as it reads the input. Grids OUT/components_up<i>.png: low-res / bicubic / up<i> / truth."""
     rows, m = [], max(1, a.n // 2)
@@ -396,7 +396,7 @@ def upsampler_rows(a, pipe, held) -> list:
 
 
 def exp_components(a, pipe, cfg) -> tuple:
-    """Each module on its own, on held-out scenes (issues 4-7). -> ({table title: rows}, note)"""
+    """Each module on its own, on held-out scenes. -> ({table title: rows}, note)"""
     held = shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout,
                         sizes=sorted({32, *(up.cfg.high_res for up in pipe.upsamplers)}))
     clock = time.perf_counter()
@@ -501,9 +501,9 @@ def main(argv=None) -> list:
     p.add_argument("--scales", default="1,1.5,2,3,4,6,8", help="guidance, components: decoder scales")
     p.add_argument("--per-caption", type=int, default=8, help="guidance: images per caption, k")
     p.add_argument("--prior-guidance", type=float, default=3.0, help="guidance: prior scale when on")
-    # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations; a bank of 2000 random renders
-    # lacks a given one with probability ~20%, which capped retrieval with the true z_i at 83%
-    # (all attributes; 99% with 10000)
+    # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations: a bank of n random renders
+    # lacks a given one with probability ~exp(-n / 1296), 21% for 2000, 0.05% for 10000, and
+    # retrieval cannot read right what the bank lacks
     p.add_argument("--bank", type=int, default=10000, help="components: real renders the prior's "
                    "samples are matched to")
     p.add_argument("--holdout", default="", help="pairs held out, e.g. 'purple triangle' (default: "

@@ -1,8 +1,8 @@
 """The toy world: Shapes scenes and captions, an exact evaluator, metrics, real-data loaders.
 
 Shapes is a procedurally rendered, captioned dataset with a known ground truth, so an image
-generated from a caption can be checked exactly (DESIGN.md, "The toy world"): one object (or a
-left and a right one) on a plain background; no download, infinite, seeded.
+generated from a caption can be checked exactly: one object (or a left and a right one) on a
+plain background; no download, infinite, seeded.
 
 Symbols and names
     attrs      the full truth of a scene, e.g. {"colour": "red", "shape": "circle", ...}
@@ -151,7 +151,7 @@ def render(scene: Scene, sizes=(32,)) -> dict:
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> [3, H, W] in [-1, 1], in numpy: small torch ops in a DataLoader can stall on
-    a busy CPU when torch's threads compete (measured: 180 vs 3000 views/s at 128x128)."""
+    a busy CPU when torch's threads compete for the cores; numpy's do not."""
     x = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
     return torch.from_numpy(x / np.float32(127.5) - np.float32(1))
 
