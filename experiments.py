@@ -402,11 +402,11 @@ def exp_components(a, pipe, cfg) -> tuple:
     clock = time.perf_counter()
     clip = {"row": "argmax cos over captions that differ only in the attribute"} | zero_shot(
         pipe.clip.encode_text, pipe.clip.encode_image(held["images"][32]), held["attrs"])
-    tables = {"CLIP zero-shot, per attribute (issue 4)": [clip | {"seconds": time.perf_counter() - clock}],
-              "Prior (issue 5)": prior_rows(a, pipe, held),
-              "Decoder from the true z_i (issue 6)": decoder_rows(a, pipe, held)}
+    tables = {"CLIP zero-shot, per attribute": [clip | {"seconds": time.perf_counter() - clock}],
+              "Prior": prior_rows(a, pipe, held),
+              "Decoder from the true z_i": decoder_rows(a, pipe, held)}
     if pipe.upsamplers:
-        tables["Upsamplers on true low-res renders (issue 7)"] = upsampler_rows(a, pipe, held)
+        tables["Upsamplers on true low-res renders"] = upsampler_rows(a, pipe, held)
     return tables, (f"bank (retrieval, mean z_i): {a.bank} renders, Shapes seed {a.seed + BANK_SEED}; "
                     f"variety: {a.per_caption} samples for each of {max(2, a.n // a.per_caption)} captions "
                     f"'a <colour> <shape>'; upsamplers: {max(1, a.n // 2)} scenes, up_steps {a.up_steps}"

@@ -39,14 +39,14 @@ ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR pri
         "holdout": ["real renders of held-out pairs (reference)", "seen pairs", "held-out pairs",
                     "held-out pairs, z_t as z_i (no prior)"]}
 COMPONENTS = {  # table title: its rows
-    "CLIP zero-shot, per attribute (issue 4)": ["argmax cos over captions that differ only in the attribute"],
-    "Prior (issue 5)": ["true z_i (retrieval ceiling)", "z_t as z_i (no prior)", "mean z_i of the bank",
+    "CLIP zero-shot, per attribute": ["argmax cos over captions that differ only in the attribute"],
+    "Prior": ["true z_i (retrieval ceiling)", "z_t as z_i (no prior)", "mean z_i of the bank",
                         "a bank render with the named attributes (an exact sample given y)",
                         "diffusion prior", "AR prior (exp_ar_prior/ar_prior.pt)"],
-    "Decoder from the true z_i (issue 6)": ["real renders (reference)", "true z_i and the caption, s=1",
+    "Decoder from the true z_i": ["real renders (reference)", "true z_i and the caption, s=1",
                                             "true z_i and the caption, s=2", "true z_i and the caption, s=3",
                                             "true z_i, no caption, s=3"],
-    "Upsamplers on true low-res renders (issue 7)": ["32->64: bicubic", "32->64: up1, 2 DDIM steps",
+    "Upsamplers on true low-res renders": ["32->64: bicubic", "32->64: up1, 2 DDIM steps",
                                                      "64->128: bicubic", "64->128: up2, 2 DDIM steps"]}
 
 
