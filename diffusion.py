@@ -86,6 +86,13 @@ def _at(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
     return a[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def _clamp_straight_through(x: Tensor, lo: float, hi: float) -> Tensor:
+    """x.clamp(lo, hi) in value, with the gradient of the identity (1 everywhere)."""
+    if not x.requires_grad:  # sampling: a plain clamp
+        return x.clamp(lo, hi)
+    return x.clamp(lo, hi).detach() + (x - x.detach())
+
+
 def _mean_flat(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
 
@@ -244,9 +251,12 @@ class GaussianDiffusion(nn.Module):
         if self.var_type == "learned_range":
             out, v = model_out.chunk(2, dim=1)
             # [IDDPM] Eq. 15: log Σ = frac·log β_t + (1 − frac)·log β̃_t with frac = (v + 1)/2.
-            # v is clamped to [−1, 1] so Σ stays between β̃_t and β_t: an unbounded v lets a
-            # small net extrapolate the log-variance and overflow exp() in the KL (NaN).
-            frac = (v.clamp(-1, 1) + 1) / 2
+            # [IDDPM] Sec. 3.1 leaves v unconstrained; here its value is clamped to [−1, 1] so Σ
+            # stays between β̃_t and β_t (an extrapolated log Σ overflows exp() in the KL: NaN in
+            # small nets), but straight through: the loss's gradient at the clamped value reaches
+            # v unchanged, so a v past ±1 still learns (back toward the range when the best Σ lies
+            # inside it) instead of getting no gradient at all.
+            frac = (_clamp_straight_through(v, -1, 1) + 1) / 2
             log_var = frac * _at(self.log_betas, t, x_t) + (1 - frac) * _at(self.posterior_log_var, t, x_t)
             var = log_var.exp()
         else:
