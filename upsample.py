@@ -3,14 +3,17 @@
 The decoder makes a small image; two upsamplers lift it 32->64->128 here (64->256->1024 in the
 paper). Each is a conv-only U-Net (decoder.py's UNet with no attention, no CLIP, no caption) that
 sees only the low-resolution image, upsampled and concatenated to the noisy input [CDM].
-Training corrupts that conditioning image a little (Gaussian blur for stage 1, a BSR-style
-degradation for stage 2) so the cascade tolerates the decoder's imperfect outputs [CDM],
-and uses random crops of a quarter of the target area; sampling runs the same fully convolutional
-net on the whole image with few DDIM steps (paper: 27 and 15).
+Training corrupts that conditioning image a little (the paper: Gaussian blur for stage 1, a
+BSR-style degradation for stage 2) so the cascade tolerates the decoder's imperfect outputs
+[CDM], and uses random crops of a quarter of the target area; sampling runs the same fully
+convolutional net on the whole image with few DDIM steps (paper: 27 and 15).
 
-One deviation, a config switch away from the paper: the toy default diffuses the residual
-r = x_0 - up(lo) and predicts it directly (x_0-parameterisation) instead of predicting eps of the
-image, because only that trains in minutes of CPU (see UpsamplerConfig.mean_type).
+Two departures from the paper, each a config switch away from it:
+  - the toy default diffuses the residual r = x_0 - up(lo) and predicts it directly
+    (residual=True, mean_type="x0") instead of eps of the image (residual=False,
+    mean_type="eps"), because only that trains in minutes of CPU (UpsamplerConfig.mean_type);
+  - stage_config(2) trains on blurred inputs, a quarter of them degraded, not on BSR-degraded
+    ones (degradation="bsr" is the paper's): the toy's 64x64 inputs are soft, never blocky.
 
 Symbols:
     x_0     clean high-resolution image [B,3,H,W] in [-1,1]  (H = W = high_res)
@@ -98,8 +101,7 @@ def bsr_degrade(lo: torch.Tensor, generator: torch.Generator | None = None) -> t
     Four operations in a random order (one order per call), each applied to a random half of the
     examples with per-example strength: Gaussian blur; down- then up-sampling with a random
     interpolation; additive Gaussian noise; JPEG compression. Shape and range are kept.
-    The strengths are milder than BSR's (made for x4 on photos): with BSR's own ranges the toy
-    stage 2 lost to bicubic on clean inputs (README: measured).
+    The strengths are milder than BSR's, whose ranges are made for x4 on real photographs.
     """
     B, _, h, _ = lo.shape
     device, x = lo.device, lo.clone()
@@ -176,7 +178,7 @@ class UpsamplerConfig:
     dropout: float = 0.0  # paper: 0.1 for stage 1, none for stage 2; minutes of CPU do not overfit
     # What is diffused and predicted. The paper: eps of the image (mean_type="eps",
     # residual=False). In minutes of CPU that net stays poor at large t, and sampling from pure
-    # noise then locks onto the noise's low frequencies instead of lo (README: measured).
+    # noise then locks onto the noise's low frequencies instead of lo.
     # Predicting r = x_0 - up(lo) itself [SRDiff] starts at the bicubic answer (the zero-init
     # output layer gives r = 0) and only has to learn the detail bicubic misses.
     mean_type: str = "x0"  # "x0" or "eps", [DDPM] Sec. 3.2
@@ -207,9 +209,9 @@ def stage_config(stage: int, **overrides) -> UpsamplerConfig:
     """Toy defaults: stage 1 is 32->64, blur, cosine, 27 steps; stage 2 64->128, blur, linear, 15."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
-    # Stage 2 departs from the paper's BSR degradation [unCLIP] Sec. 2.1: trained 200 steps on
-    # BSR inputs the tiny net tied bicubic on clean 64x64 renders (36.53 dB against 36.59); 600
-    # steps on blur reached 40.64 dB (README, "The upsamplers"). degradation="bsr" is the paper's.
+    # Stage 2 departs from the paper's BSR degradation [unCLIP] Sec. 2.1: its inputs here are
+    # 64x64 renders or decoder samples, soft but never noisy or JPEG-blocky, and the tiny net
+    # trained on BSR inputs tied bicubic on them (README, "The upsamplers"). "bsr" is the paper's.
     # A quarter of the inputs degraded, not half: the test-time input is mostly clean or soft.
     base = {} if stage == 1 else dict(low_res=64, high_res=128, degradation="blur",
                                       augment_prob=0.25, schedule="linear", sample_steps=15)
@@ -286,12 +288,20 @@ class Upsampler(nn.Module):
         if noise is not None and tuple(noise.shape) != (B, 3, H, H):
             raise ValueError(f"noise must be [{B}, 3, {H}, {H}], got {tuple(noise.shape)}")
         cond = resize(lo_res, H)  # [B,3,H,W]; no degradation at test time
+        base = cond if cfg.residual else torch.zeros_like(cond)  # image = base + diffused variable
+
+        def clipped(x_t, t):  # the net, its x_0 estimate clipped; t: self.diffusion's timesteps
+            # Static clipping keeps the image estimate base + x̂_0 in [-1, 1]. For the residual
+            # that is a per-pixel range: r itself fills [-2, 2] at hard edges. The sampler's
+            # clip="static" would bound x̂_0 = r̂ by [-1, 1], so it is done here instead.
+            x_0 = self.diffusion.p_mean_variance(self(x_t, t, cond), x_t, t)["pred_x0"]
+            x_0 = x_0.clamp(-1 - base, 1 - base)
+            return x_0 if cfg.mean_type == "x0" else self.diffusion.x0_to_eps(x_t, t, x_0)
+
         diffusion = self.diffusion.respace(steps if steps is not None else cfg.sample_steps)
-        # static clipping keeps each x_0 estimate in [-1, 1]; for the residual that is a loose
-        # bound (r lies in [-2, 2]) that only matters while the estimate is still noise
-        x = diffusion.sample(self, (B, 3, H, H), eta=eta, noise=noise, generator=generator,
-                             clip="static", progress=progress, cond=cond)
-        return (x + cond if cfg.residual else x).clamp(-1, 1)
+        x = diffusion.sample(clipped, (B, 3, H, H), eta=eta, noise=noise, generator=generator,
+                             clip="none", progress=progress)
+        return (base + x).clamp(-1, 1)
 
     def save(self, path: str) -> None:
         """Write {"config", "state_dict"} atomically: a failed save never clobbers the old file."""

@@ -4,7 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 
+from diffusion import cosine_betas, linear_betas
+from toy_data import Shapes, shapes_collate
 from upsample import (
     Upsampler,
     UpsamplerConfig,
@@ -162,11 +165,69 @@ def test_loss_falls_when_overfitting(mean_type, residual, ratio):
     assert (model(x_t, t, cond) - model(x_t, t, -cond)).abs().mean() > 1e-2
 
 
-def test_untrained_residual_model_samples_bicubic():
-    # the zero-initialised output layer predicts r = 0, so every x_0 estimate is up(lo) exactly
+# Shapes scenes (seed 0) whose high-res view misses bicubic by more than 1 somewhere: at hard
+# edges the residual r = x_0 - up(lo) fills [-2, 2], though x_0 and up(lo) lie in [-1, 1]
+HARD = {(8, 16): (19, 26, 28, 32), (32, 64): (28, 48, 93), (64, 128): (10, 18, 31, 32)}
+
+
+def hard_edged(low_res: int, high_res: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi): two views of the scenes HARD names, [B,3,h,h] and [B,3,H,H]."""
+    data = Shapes(100, sizes=(low_res, high_res), seed=0)
+    views = shapes_collate([data[i] for i in HARD[low_res, high_res]])["images"]
+    lo, hi = views[low_res], views[high_res]
+    r = hi - resize(lo, high_res)
+    assert (r.abs().flatten(1).amax(1) > 1).all(), "HARD no longer names hard-edged scenes"
+    return lo, hi
+
+
+class Oracle(nn.Module):
+    """Stands in for the U-Net: knows the true high-res images and returns, for any x_t, exactly
+    what a perfect net predicts for them: x_0 or eps [DDPM] Eq. 4 of the diffused variable."""
+
+    def __init__(self, model: Upsampler, hi: torch.Tensor):
+        super().__init__()
+        cfg = model.cfg
+        betas = (cosine_betas if cfg.schedule == "cosine" else linear_betas)(cfg.timesteps)
+        self.alpha_bar = torch.cumprod(1 - betas, 0)  # float64, from the schedule's closed form
+        self.cfg, self.hi = cfg, hi
+
+    def forward(self, net_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_t, cond = net_in.double().chunk(2, dim=1)
+        x_0 = self.hi.double() - cond if self.cfg.residual else self.hi.double()
+        if self.cfg.mean_type == "x0":
+            return x_0.float()
+        a = self.alpha_bar[t][:, None, None, None]
+        return ((x_t - a.sqrt() * x_0) / (1 - a).sqrt()).float()
+
+
+@pytest.mark.parametrize("stage,mean_type,residual,eta", [
+    (1, "x0", True, 0.0), (2, "x0", True, 0.0), (2, "eps", True, 0.0), (2, "x0", True, None),
+    (2, "eps", False, 0.0)])
+def test_oracle_net_reconstructs_hard_edges(stage, mean_type, residual, eta):
+    # With a perfect net every x_0 estimate is the truth, so the sampler must return it exactly:
+    # the clip keeps the image estimate up(lo) + r̂ in [-1, 1], which the true r always meets.
+    # Clipping r̂ itself to [-1, 1] cuts the edges where |r| > 1 (errors up to 0.14).
+    model = Upsampler(stage_config(stage, mean_type=mean_type, residual=residual))
+    lo, hi = hard_edged(model.cfg.low_res, model.cfg.high_res)
+    model.net = Oracle(model, hi)
+    out = model.sample(lo, eta=eta, generator=seeded(0))
+    assert (out - hi).abs().max() < 1e-4
+
+
+def test_clip_bounds_the_image_not_the_residual():
+    # a net that always predicts r̂ = +2 (x_0-parameterisation) gives the brightest image,
+    # up(lo) + r̂ clipped to 1 at every pixel; an untrained one (r̂ = 0) gives bicubic exactly
+    lo = hard_edged(8, 16)[0]
     model = Upsampler(UpsamplerConfig(**TINY))
-    lo = images(2, 8, grid=8)
     assert torch.allclose(model.sample(lo, generator=seeded(0)), resize(lo, 16), atol=1e-6)
+    with torch.no_grad():
+        model.net.out[-1].bias.fill_(2.0)
+    assert torch.allclose(model.sample(lo, generator=seeded(0)), torch.ones(4, 3, 16, 16), atol=1e-6)
+
+
+def test_untrained_eps_model_does_not_sample_bicubic():
+    # the non-residual eps net starts at eps = 0, i.e. x_0 = x_t / sqrt(alpha_bar): noise
+    lo = images(2, 8, grid=8)
     eps_model = Upsampler(UpsamplerConfig(**{**TINY, "mean_type": "eps", "residual": False}))
     assert not torch.allclose(eps_model.sample(lo, generator=seeded(0)), resize(lo, 16), atol=0.1)
 
