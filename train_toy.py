@@ -124,6 +124,8 @@ QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
          "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
          "opt_decoder.steps": 300, "opt_up1.steps": 40, "opt_up2.steps": 30, "sampling.decoder_steps": 25}
 STAGES = ("clip", "prior", "decoder", "up1", "up2")
+RUN_FILES = ("clip.pt", "prior.pt", "ar_prior.pt", "decoder.pt", "up1.pt", "up2.pt", "unclip.pt",
+             "report.json")
 
 
 # ----------------------------------------------------------------------------- config and CLI
@@ -161,7 +163,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2.5 minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a folder with a finished run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the folder's report and the checkpoints of --stages, then train those afresh")
     for dotted, owner, f in _leaves(cfg):
         p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
                        help=f"(default: {getattr(owner, f.name)})")
@@ -170,6 +173,22 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     for name, value in ((QUICK if args.quick else {}) | given).items():  # the command line wins over --quick
         set_option(cfg, name, value)
     return cfg, args
+
+
+def check_folder(out: Path, trained: list, args, rank: int) -> None:
+    """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
+    a forgotten --resume must not retrain (and so overwrite) stages that are already trained."""
+    if args.resume and args.overwrite:
+        raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
+    found = [p.name for p in map(out.joinpath, RUN_FILES) if p.exists()]
+    if found and not (args.resume or args.overwrite):
+        raise SystemExit(f"{out} already holds {', '.join(found)}. Pass --resume to continue that run (a "
+                         "finished stage is kept, a stopped one goes on from its last checkpoint), "
+                         "--overwrite to train the stages in --stages afresh, or --out for another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and rank == 0:  # stale files would pass for this run's if it stopped early
+        for name in ("report.json", "unclip.pt", *trained):
+            (out / name).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -292,15 +311,11 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg.out)
-    if (out / "report.json").exists() and not (args.resume or args.overwrite):
-        raise SystemExit(f"{out} already holds a finished run; pass --resume to continue it, "
-                         f"--overwrite to start afresh, or --out for another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if args.overwrite and rank == 0:
-        (out / "report.json").unlink(missing_ok=True)
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
         raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
+    check_folder(out, [f"{prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
 
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
 
@@ -356,7 +371,6 @@ def main(argv=None) -> dict:
     run["preview"] = preview
 
     # stage 1: the prior P(z_i | y) [unCLIP] Sec. 2.2
-    prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
     prior_cfg, opt_prior = getattr(cfg, prior_name), getattr(cfg, f"opt_{prior_name}")
     prior_cfg.clip_dim, prior_cfg.text_width = clip.embed_dim, clip.text_width
     if "prior" in stages:

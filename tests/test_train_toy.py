@@ -57,8 +57,32 @@ def test_all_stages_write_checkpoints_and_report(finished_run):
 
 def test_refuses_to_overwrite_a_finished_run(finished_run):
     out, _ = finished_run
-    with pytest.raises(SystemExit, match="already holds a finished run"):
+    with pytest.raises(SystemExit, match="already holds clip.pt, prior.pt, decoder.pt, up1.pt, up2.pt, "
+                                         "unclip.pt, report.json. Pass --resume .* --overwrite"):
         train_toy.main(TINY + ["--out", str(out)])
+
+
+@pytest.mark.parametrize("name", ["clip.pt", "prior.pt", "decoder.pt", "up1.pt", "up2.pt", "unclip.pt"])
+def test_a_folder_with_any_checkpoint_needs_resume_or_overwrite(finished_run, tmp_path, name):
+    # a run killed mid-way and started again without --resume would retrain (and overwrite) it
+    shutil.copy(finished_run[0] / name, tmp_path / name)
+    before = (tmp_path / name).read_bytes()
+    with pytest.raises(SystemExit, match=rf"{tmp_path} already holds {name}\. Pass --resume .* --overwrite"):
+        train_toy.main(TINY + ["--out", str(tmp_path)])
+    assert (tmp_path / name).read_bytes() == before
+    with pytest.raises(SystemExit, match="not both"):
+        train_toy.main(TINY + ["--out", str(tmp_path), "--resume", "--overwrite"])
+
+
+def test_overwrite_deletes_only_the_checkpoints_it_retrains(finished_run, tmp_path):
+    for name in ("clip.pt", "prior.pt", "decoder.pt", "report.json"):
+        shutil.copy(finished_run[0] / name, tmp_path / name)
+    old_prior = (tmp_path / "prior.pt").read_bytes()
+    with pytest.raises(FloatingPointError):  # diverges before the first decoder checkpoint
+        train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--overwrite",
+                               "--opt_decoder.lr", "1e30"])
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == ["clip.pt", "prior.pt"]
+    assert (tmp_path / "prior.pt").read_bytes() == old_prior
 
 
 def test_unknown_option_and_stage_are_refused(tmp_path):
@@ -73,7 +97,7 @@ def test_resume_continues_to_the_same_result(finished_run, tmp_path, monkeypatch
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(done / "clip.pt", out / "clip.pt")
-    args = TINY + ["--out", str(out), "--stages", "decoder"]
+    args = TINY + ["--out", str(out), "--stages", "decoder", "--resume"]
     real_loss = Decoder.loss
     calls = {"n": 0}
 
@@ -88,7 +112,7 @@ def test_resume_continues_to_the_same_result(finished_run, tmp_path, monkeypatch
         train_toy.main(args)
     assert torch.load(out / "decoder.pt", weights_only=True)["train"]["step"] == 2
     monkeypatch.setattr(Decoder, "loss", real_loss)
-    train_toy.main(args + ["--resume"])
+    train_toy.main(args)
     resumed = torch.load(out / "decoder.pt", weights_only=True)
     uninterrupted = torch.load(done / "decoder.pt", weights_only=True)
     assert resumed["train"]["step"] == STEPS
@@ -111,7 +135,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeyp
 
     monkeypatch.setattr(Decoder, "loss", nan_at_step_3)
     with pytest.raises(FloatingPointError, match=r"decoder: loss is nan at step 3"):
-        train_toy.main(TINY + ["--out", str(out), "--stages", "decoder"])
+        train_toy.main(TINY + ["--out", str(out), "--stages", "decoder", "--resume"])
     ck = torch.load(out / "decoder.pt", weights_only=True)
     assert ck["train"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
@@ -131,7 +155,7 @@ def test_ddp_with_gloo_two_processes(finished_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(REPO / "train_toy.py"),
-           *TINY, "--stages", "prior", "--out", str(out)]
+           *TINY, "--stages", "prior", "--resume", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(out / "prior.pt", weights_only=True)
