@@ -145,13 +145,121 @@ def set_option(cfg: Config, name: str, value) -> None:
     if owner is None:
         raise SystemExit(f"unknown option --{name}; see --help")
     current = getattr(owner, f.name)
-    if isinstance(value, str) and isinstance(current, bool):
-        value = value.lower() in ("1", "true", "yes")
-    elif isinstance(value, str) and isinstance(current, tuple):
-        value = tuple(type(current[0] if current else 0)(v) for v in value.split(",") if v)
-    elif isinstance(value, str):
-        value = type(current)(value)
+    kind = type(current[0] if current else 0) if isinstance(current, tuple) else type(current)
+    try:
+        if isinstance(value, str) and kind is bool:
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+                value.lower()]
+        elif isinstance(value, str) and isinstance(current, tuple):
+            value = tuple(kind(v) for v in value.split(",") if v)
+        elif isinstance(value, str):
+            value = kind(value)
+    except (KeyError, ValueError):
+        want = {bool: "true or false", int: "an int", float: "a number"}.get(kind, kind.__name__)
+        want += " (a,b,...)" * isinstance(current, tuple)
+        raise SystemExit(f"--{name} {value}: must be {want}") from None
     setattr(owner, f.name, value)
+
+
+def _rule(name: str, value) -> str | None:
+    """What a numeric option `name` must be, or None if `value` is fine: one rule per type and name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name in ("beta2", "ema"):
+        return None if 0 <= value < 1 else "must lie in [0, 1)"
+    if "drop" in name or name.endswith("prob"):  # dropout and augmentation probabilities
+        return None if 0 <= value <= 1 else "must lie in [0, 1]"
+    if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim"):  # 0 is meaningful
+        return None if value >= 0 else "must be >= 0"
+    if name.endswith("_steps"):  # a respaced sampler keeps the first and the last timestep
+        return None if value >= 2 else "must be >= 2"
+    return None if value > 0 else "must be >= 1" if isinstance(value, int) else "must be > 0"
+
+
+def check_config(cfg: Config, stages: list, world: int) -> None:
+    """Every option checked before any work: numbers by _rule, then whether the stages fit together
+    (each model is built once, on the CPU, so its own checks run; the global RNG is left as it was)."""
+    for dotted, owner, f in _leaves(cfg):
+        value = getattr(owner, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, int | float) and not isinstance(v, bool) and (why := _rule(f.name, v)):
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                raise SystemExit(f"--{dotted} {shown}: {why}")
+    if cfg.prior_kind not in ("diffusion", "ar"):
+        raise SystemExit(f"--prior_kind {cfg.prior_kind}: must be diffusion or ar")
+    try:
+        torch.device("cpu" if cfg.device == "auto" else cfg.device)
+    except RuntimeError:
+        raise SystemExit(f"--device {cfg.device}: must be auto, cpu, cuda, cuda:N or mps") from None
+    if (kind := cfg.data.partition(":")[0]) not in ("shapes", "cifar10", "folder"):
+        raise SystemExit(f"--data {cfg.data}: must be shapes, cifar10:PATH or folder:PATH")
+    s, res = cfg.sampling, cfg.clip.image_resolution
+    fits = [(f"--opt_{n}.batch", getattr(cfg, f"opt_{n}").batch % world == 0,
+             f"must be a multiple of the {world} processes") for n in stages if n != "clip"]
+    fits += [("--up1.low_res", cfg.up1.low_res == res, f"must equal --clip.image_resolution {res}"),
+             ("--up2.low_res", cfg.up2.low_res == cfg.up1.high_res,
+              f"must equal --up1.high_res {cfg.up1.high_res}"),
+             ("--sampling.up_steps", len(s.up_steps) == 2, "needs one value per upsampler (2)"),
+             ("--sampling.prior_steps", s.prior_steps <= cfg.prior.timesteps,
+              f"must be <= --prior.timesteps {cfg.prior.timesteps}"),
+             ("--sampling.decoder_steps", s.decoder_steps <= cfg.decoder.timesteps,
+              f"must be <= --decoder.timesteps {cfg.decoder.timesteps}")]
+    fits += [("--sampling.up_steps", n <= up.timesteps, f"must be <= --up{k + 1}.timesteps {up.timesteps}")
+             for k, (n, up) in enumerate(zip(s.up_steps[:2], (cfg.up1, cfg.up2), strict=False))]
+    for flag, ok, why in fits:
+        if not ok:
+            raise SystemExit(f"{flag} {_flag_value(cfg, flag)}: {why}")
+    if kind == "shapes":
+        for flags, kw in (("--clip.image_resolution, --up1.high_res, --up2.high_res",
+                           {"sizes": sizes_of(cfg)}), ("--holdout", {"holdout": holdout_pairs(cfg)})):
+            try:
+                Shapes(1, **kw)
+            except ValueError as e:
+                raise SystemExit(f"{flags}: {e}") from None
+    with torch.random.fork_rng(devices=[]):
+        for name in ("clip", *[n for n in stages if n != "clip"]):
+            flag = prior_name(cfg) if name == "prior" else name
+            try:
+                model = new_model(cfg, name)
+            except ValueError as e:
+                raise SystemExit(f"--{flag}.* do not fit: {e}") from None
+            if name == "clip":  # the later stages take these fields from the CLIP
+                link(cfg, FrozenCLIP(model, ByteTokenizer(cfg.clip.context_length)))
+            elif name != "prior":  # a U-Net halves its input len(channel_mults) - 1 times
+                c = getattr(cfg, name)
+                size = c.image_size if name == "decoder" else c.high_res // (2 if c.crop else 1)
+                if size % model.net.factor:
+                    raise SystemExit(f"--{name}.channel_mults {_flag_value(cfg, f'--{name}.channel_mults')}: "
+                                     f"its {size}x{size} {'crops' if name != 'decoder' else 'images'} "
+                                     f"are not a multiple of {model.net.factor}")
+
+
+def prior_name(cfg: Config) -> str:  # the prior's checkpoint name and config field
+    return "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
+
+
+def sizes_of(cfg: Config) -> tuple:  # the image sizes of the decoder and the upsamplers
+    return cfg.clip.image_resolution, cfg.up1.high_res, cfg.up2.high_res
+
+
+def new_model(cfg: Config, stage: str) -> nn.Module:
+    """The freshly initialised model a stage trains."""
+    if stage == "prior":
+        return (DiffusionPrior if cfg.prior_kind == "diffusion" else ARPrior)(getattr(cfg, prior_name(cfg)))
+    return {"clip": CLIP, "decoder": Decoder, "up1": Upsampler, "up2": Upsampler}[stage](getattr(cfg, stage))
+
+
+def link(cfg: Config, clip: FrozenCLIP) -> None:
+    """The fields the prior and the decoder take from the frozen CLIP."""
+    p, d = getattr(cfg, prior_name(cfg)), cfg.decoder
+    p.clip_dim, p.text_width = clip.embed_dim, clip.text_width
+    d.clip_dim, d.image_size = clip.embed_dim, clip.model.config.image_resolution
+    d.vocab_size, d.context_length = clip.vocab_size, clip.context_length
+
+
+def _flag_value(cfg: Config, flag: str):
+    value = next(getattr(o, f.name) for dotted, o, f in _leaves(cfg) if dotted == flag[2:])
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
 def holdout_pairs(cfg: Config) -> list:
@@ -198,8 +306,6 @@ def load_data(cfg: Config, sizes: tuple[int, ...], log) -> dict:
     make = {"shapes": lambda: Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=holdout_pairs(cfg)),
             "cifar10": lambda: CIFAR10Captions(path, train=True),
             "folder": lambda: ImageFolderCaptions(path, size=max(sizes))}
-    if kind not in make:
-        raise SystemExit(f"--data must be shapes, cifar10:PATH or folder:PATH, got {cfg.data!r}")
     ds = make[kind]()
     clock = time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
@@ -299,6 +405,10 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
 def main(argv=None) -> dict:
     cfg, args = parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    check_config(cfg, stages, world)
     if cfg.device == "auto":
         mps = torch.backends.mps.is_available()
         cfg.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
@@ -310,12 +420,8 @@ def main(argv=None) -> dict:
             torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    out = Path(cfg.out)
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    if unknown := set(stages) - set(STAGES):
-        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
-    prior_name = "prior" if cfg.prior_kind == "diffusion" else "ar_prior"
-    check_folder(out, [f"{prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
+    out, prior_file = Path(cfg.out), f"{prior_name(cfg)}.pt"
+    check_folder(out, [prior_file if s == "prior" else f"{s}.pt" for s in stages], args, rank)
 
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
 
@@ -324,7 +430,7 @@ def main(argv=None) -> dict:
 
     run = {"out": out, "device": device, "rank": rank, "world": world, "resume": args.resume, "log": log}
     times = {}
-    sizes = (cfg.clip.image_resolution, cfg.up1.high_res, cfg.up2.high_res)
+    sizes = sizes_of(cfg)
     data = load_data(cfg, sizes if cfg.data == "shapes" else sizes[:1], log)
     n = len(data["captions"])
     tokenizer = ByteTokenizer(cfg.clip.context_length)
@@ -338,7 +444,7 @@ def main(argv=None) -> dict:
     if "clip" in stages and not (args.resume and (out / "clip.pt").exists()):
         clock = time.perf_counter()
         seed_stage("clip")
-        model = CLIP(cfg.clip).to(device)
+        model = new_model(cfg, "clip").to(device)
         oc = cfg.opt_clip
         batches = ((as_float(data["images"][sizes[0]][i], device), [data["captions"][j] for j in i])
                    for i in (rows_of(s, oc.batch, (0, 1), "clip") for s in range(oc.steps)))
@@ -346,6 +452,8 @@ def main(argv=None) -> dict:
                    log_every=cfg.log_every, log=log)
         if rank == 0:
             save_clip(model, out / "clip.pt")
+        if world > 1:  # every process reads the CLIP process 0 saved
+            torch.distributed.barrier()
         times["clip"] = time.perf_counter() - clock
     clip = FrozenCLIP(load_clip(out / "clip.pt", map_location=device), tokenizer)
     # the true z_i of every training image: the prior's target and the decoder's input
@@ -371,12 +479,12 @@ def main(argv=None) -> dict:
     run["preview"] = preview
 
     # stage 1: the prior P(z_i | y) [unCLIP] Sec. 2.2
-    prior_cfg, opt_prior = getattr(cfg, prior_name), getattr(cfg, f"opt_{prior_name}")
-    prior_cfg.clip_dim, prior_cfg.text_width = clip.embed_dim, clip.text_width
+    link(cfg, clip)
+    opt_prior = getattr(cfg, f"opt_{prior_name(cfg)}")
     if "prior" in stages:
         clock = time.perf_counter()
         seed_stage("prior")
-        prior = (DiffusionPrior if prior_name == "prior" else ARPrior)(prior_cfg).to(device)
+        prior = new_model(cfg, "prior").to(device)
         # the frozen text tower once for every caption, not once per step (a third of a prior
         # step); trailing padding cut, which the causal text tower allows
         enc = [clip.encode_text(data["captions"][i:i + 512]) for i in range(0, n, 512)]
@@ -391,14 +499,12 @@ def main(argv=None) -> dict:
             idx = rows_of(step, opt_prior.batch, rows, "prior")
             return z_bank[idx], z_t_bank[idx], states_bank[idx], mask_bank[idx]
 
-        prior, _ = train_stage(prior_name, prior, prior_batch, opt_prior, cfg, run)
+        prior, _ = train_stage(prior_name(cfg), prior, prior_batch, opt_prior, cfg, run)
         times["prior"] = time.perf_counter() - clock
 
     # stage 2: the decoder P(x | z_i, y), trained on the TRUE z_i of its target image; stages 3-4:
     # the upsamplers, on random crops of the high-resolution images [unCLIP] Sec. 2.1
-    cfg.decoder.clip_dim, cfg.decoder.image_size = clip.embed_dim, sizes[0]
-    cfg.decoder.vocab_size, cfg.decoder.context_length = clip.vocab_size, clip.context_length
-    for name, model_cls, size in zip(STAGES[2:], (Decoder, Upsampler, Upsampler), sizes, strict=True):
+    for name, size in zip(STAGES[2:], sizes, strict=True):
         if name in stages and size in data["images"]:
             clock = time.perf_counter()
             oc = getattr(cfg, f"opt_{name}")
@@ -411,7 +517,7 @@ def main(argv=None) -> dict:
                 return (x, z_bank[idx], *clip.tokenize([data["captions"][j] for j in idx]))
 
             seed_stage(name)
-            train_stage(name, model_cls(getattr(cfg, name)).to(device), batch_fn, oc, cfg, run)
+            train_stage(name, new_model(cfg, name).to(device), batch_fn, oc, cfg, run)
             times[name] = time.perf_counter() - clock
         elif name in stages:
             log(f"{name}: skipped, the data has no {size}x{size} images")
@@ -419,7 +525,7 @@ def main(argv=None) -> dict:
     if world > 1:
         torch.distributed.barrier()
     report = {}
-    needed = [out / f"{prior_name}.pt", out / "decoder.pt"]
+    needed = [out / prior_file, out / "decoder.pt"]
     if rank == 0 and not all(p.exists() for p in needed):
         log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
     elif rank == 0:

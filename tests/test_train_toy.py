@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -90,6 +91,40 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
         train_toy.main(["--decoder.no_such_field", "1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown stages"):
         train_toy.main(TINY + ["--stages", "clip,vae", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("opt_decoder.steps", "0", "--opt_decoder.steps 0: must be >= 1"),
+    ("opt_clip.batch", "-4", "--opt_clip.batch -4: must be >= 1"),
+    ("opt_prior.lr", "nan", "--opt_prior.lr nan: must be a finite number"),
+    ("opt_up1.lr", "0", "--opt_up1.lr 0.0: must be > 0"),
+    ("opt_up2.ema", "1", "--opt_up2.ema 1.0: must lie in [0, 1)"),
+    ("opt_prior.weight_decay", "-0.1", "--opt_prior.weight_decay -0.1: must be >= 0"),
+    ("decoder.p_drop_text", "1.5", "--decoder.p_drop_text 1.5: must lie in [0, 1]"),
+    ("sampling.guidance", "inf", "--sampling.guidance inf: must be a finite number"),
+    ("sampling.up_steps", "2,1", "--sampling.up_steps 2,1: must be >= 2"),
+    ("sampling.up_steps", "5", "--sampling.up_steps 5: needs one value per upsampler (2)"),
+    ("sampling.decoder_steps", "1001", "--sampling.decoder_steps 1001: must be <= --decoder.timesteps 1000"),
+    ("opt_prior.batch", "four", "--opt_prior.batch four: must be an int"),
+    ("up1.low_res", "16", "--up1.low_res 16: must equal --clip.image_resolution 32"),
+    ("up2.high_res", "96", "--up2.high_res: sizes (32, 64, 96) must be powers of two"),
+    ("clip.vision_patch_size", "5", "--clip.* do not fit: image_resolution 32 is not a multiple of"),
+    ("decoder.channel_mults", "1,1,1,1,1,1,1", "--decoder.channel_mults 1,1,1,1,1,1,1: its 32x32 images"),
+    ("prior.heads", "3", "--prior.* do not fit: width 32 must be even and divisible by heads 3"),
+])
+def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monkeypatch, option, value,
+                                                                 message):
+    monkeypatch.setattr(train_toy, "load_data", lambda *a: pytest.fail("work started"))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        train_toy.main(TINY + ["--out", str(out), f"--{option}", value])
+    assert not out.exists()
+
+
+def test_the_defaults_and_quick_pass_the_checks():
+    for argv in ([], ["--quick"], ["--prior_kind", "ar"]):
+        cfg, _ = train_toy.parse_args(argv)
+        train_toy.check_config(cfg, list(train_toy.STAGES), world=1)
 
 
 def test_resume_continues_to_the_same_result(finished_run, tmp_path, monkeypatch):
