@@ -445,11 +445,19 @@ def main(argv=None) -> dict:
         clock = time.perf_counter()
         seed_stage("clip")
         model = new_model(cfg, "clip").to(device)
-        oc = cfg.opt_clip
-        batches = ((as_float(data["images"][sizes[0]][i], device), [data["captions"][j] for j in i])
-                   for i in (rows_of(s, oc.batch, (0, 1), "clip") for s in range(oc.steps)))
-        train_clip(model, tokenizer, batches, oc.steps, lr=oc.lr, device=device,
-                   log_every=cfg.log_every, log=log)
+        oc, drawn = cfg.opt_clip, [0]
+
+        def batches():  # counts the steps begun, for the ETA
+            for step in range(oc.steps):
+                drawn[0], i = step + 1, rows_of(step, oc.batch, (0, 1), "clip")
+                yield as_float(data["images"][sizes[0]][i], device), [data["captions"][j] for j in i]
+
+        def log_eta(msg):  # train_clip's line + the time left at the mean rate so far
+            left = (time.perf_counter() - clock) / drawn[0] * (oc.steps - drawn[0])
+            log(f"{msg} eta {left / 60:.1f} min")
+
+        train_clip(model, tokenizer, batches(), oc.steps, lr=oc.lr, device=device,
+                   log_every=cfg.log_every, log=log_eta)
         if rank == 0:
             save_clip(model, out / "clip.pt")
         if world > 1:  # every process reads the CLIP process 0 saved
@@ -559,7 +567,7 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) 
         real = as_float(data["images"][cfg.clip.image_resolution][idx], "cpu")
     result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
                            decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
-                           upsampler_steps=list(s.up_steps))
+                           upsampler_steps=list(s.up_steps), progress=progress_log(pipe.stages, log))
     images = result["images"]
     z_t = clip.encode_text(captions)[0]
     z_gen, z_real = clip.encode_image(images[0]), clip.encode_image(real.to(clip.device))
@@ -580,6 +588,23 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) 
     for x in images:
         save_grid(x[:32].cpu(), captions[:32], out / f"samples_{x.shape[-1]}.png", ncol=8)
     return report
+
+
+def progress_log(stages: list, log, every: float = 10.0):
+    """A progress(stage, step, steps) for UnCLIP.generate: about every `every` seconds and at the end
+    of each sampling stage, a line with the time left in that stage (stage time / steps done)."""
+    clock = {"tick": time.perf_counter()}
+
+    def progress(stage, i, n):
+        now = time.perf_counter()
+        if clock.get("stage") != stage:  # a new stage began at the previous stage's last step
+            clock.update(stage=stage, start=clock["tick"], logged=clock["tick"], done=False)
+        clock["tick"] = now
+        if (i == n and not clock["done"]) or (i < n and now - clock["logged"] >= every):
+            clock["logged"], clock["done"], left = now, i == n, (now - clock["start"]) / i * (n - i)
+            log(f"eval {stage} ({stages.index(stage) + 1}/{len(stages)}) step {i}/{n} "
+                f"stage eta {left / 60:.1f} min")
+    return progress
 
 
 def write_report(report: dict, out: Path, log) -> None:

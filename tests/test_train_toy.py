@@ -1,5 +1,7 @@
 """train_toy.py end to end on tiny settings: all stages, report, resume, refusals, NaN, DDP."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -32,8 +34,36 @@ for _stage in ("clip", "prior", "decoder", "up1", "up2"):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "toy"
-    report = train_toy.main(TINY + ["--out", str(out)])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = train_toy.main(TINY + ["--out", str(out)])
+    (out / "stdout.txt").write_text(printed.getvalue())
     return out, report
+
+
+def test_every_stage_and_the_evaluation_print_progress_with_an_eta(finished_run):
+    lines = (finished_run[0] / "stdout.txt").read_text().splitlines()
+    for stage in ("clip", "prior", "decoder", "up1", "up2"):
+        assert [k for k, line in enumerate(lines) if re.match(rf"{stage} step 2/4 .* eta \d+\.\d min$", line)]
+    for k, stage in enumerate(("prior", "decoder", "up1", "up2")):
+        assert any(re.match(rf"eval {stage} \({k + 1}/4\) step 2/2 stage eta 0\.0 min$", x) for x in lines)
+
+
+def test_the_evaluation_eta_is_the_stage_time_per_step_times_the_steps_left(monkeypatch):
+    now, lines = [100.0], []
+    monkeypatch.setattr(train_toy.time, "perf_counter", lambda: now[0])
+    progress = train_toy.progress_log(["decoder", "up1"], lines.append, every=25)
+    for stage, n, seconds_per_step in (("decoder", 10, 6.0), ("up1", 4, 30.0)):
+        for i in range(1, n + 1):
+            now[0] += seconds_per_step
+            progress(stage, i, n)
+    # every 25 s and at each stage's end; decoder: 6 s a step, up1: 30 s a step
+    assert lines == ["eval decoder (1/2) step 5/10 stage eta 0.5 min",
+                     "eval decoder (1/2) step 10/10 stage eta 0.0 min",
+                     "eval up1 (2/2) step 1/4 stage eta 1.5 min",
+                     "eval up1 (2/2) step 2/4 stage eta 1.0 min",
+                     "eval up1 (2/2) step 3/4 stage eta 0.5 min",
+                     "eval up1 (2/2) step 4/4 stage eta 0.0 min"]
 
 
 def test_all_stages_write_checkpoints_and_report(finished_run):
