@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import diffusion
 import unclip
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP, load_clip, save_clip, train_clip
 from decoder import Decoder, DecoderConfig
@@ -72,6 +73,9 @@ class Config:
     out: str = "runs/toy"  # run folder: checkpoints, grids, report
     seed: int = 0
     device: str = "auto"  # auto = cuda, else mps, else cpu
+    # "bf16": the networks under bf16 autocast (weights, optimizer and losses stay fp32); "auto": bf16
+    # on CUDA and on CPUs with native bf16, else fp32 (see diffusion.autocast)
+    precision: str = "auto"
     stages: str = "clip,prior,decoder,up1,up2"
     data: str = "shapes"  # or cifar10:PATH (32x32 only: no upsamplers) or folder:PATH
     train_size: int = 10000  # scenes rendered once into memory at 32, 64 and 128 pixels
@@ -185,6 +189,8 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
             if isinstance(v, int | float) and not isinstance(v, bool) and (why := _rule(f.name, v)):
                 shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
                 raise SystemExit(f"--{dotted} {shown}: {why}")
+    if cfg.precision not in diffusion.PRECISIONS:
+        raise SystemExit(f"--precision {cfg.precision}: must be one of {', '.join(diffusion.PRECISIONS)}")
     if cfg.prior_kind not in ("diffusion", "ar"):
         raise SystemExit(f"--prior_kind {cfg.prior_kind}: must be diffusion or ar")
     try:
@@ -340,6 +346,21 @@ def save_atomic_text(path: Path, text: str) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def autocast_network(module: nn.Module, device, precision: str) -> list:
+    """Hooks that run module's forward under diffusion.autocast and hand its output on in fp32: what a
+    loss does around its network (conditioning, noising, the loss itself) stays in fp32."""
+    entered = []
+
+    def enter(m, args):
+        entered.append(diffusion.autocast(device, precision))
+        entered[-1].__enter__()
+
+    def leave(m, args, out):  # also when forward raises (out None): autocast must not stay on
+        entered.pop().__exit__(None, None, None)
+        return None if out is None else out.float()
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
+
+
 def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Config, run: dict):
     """AdamW + warmup/cosine lr + grad clipping + EMA; returns the EMA model (eval mode) and the loss
     history. batch_fn(step, (rank, world)) -> this process's share of model.loss's arguments for the
@@ -358,7 +379,8 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
         torch.set_rng_state(ck["train"]["rng"])
         run["log"](f"{name}: resumed at step {start}/{opt_cfg.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run["world"] > 1 else LossOf(model)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = diffusion.autocast(device, cfg.precision)
+    hooks = autocast_network(getattr(model, "net", model), device, cfg.precision)  # a U-Net, or a prior
     pending, clock, warmup = [], time.perf_counter(), min(100, opt_cfg.steps // 10 + 1)
     for step in range(start, opt_cfg.steps):
         # linear warmup, then cosine decay to 10% of the peak
@@ -367,8 +389,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
-        with amp:
-            loss = net(*batch_fn(step, (run["rank"], run["world"])))
+        loss = net(*batch_fn(step, (run["rank"], run["world"])))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -395,7 +416,10 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
                 save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
                              "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                                        "history": history, "rng": torch.get_rng_state()}}, path)
-                run["preview"](name, ema, step + 1)
+                with amp:
+                    run["preview"](name, ema, step + 1)
+    for hook in hooks:
+        hook.remove()
     if start >= opt_cfg.steps:
         run["log"](f"{name}: already trained ({start} steps), skipping")
     return ema, history
@@ -565,9 +589,10 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) 
         idx = torch.randperm(len(data["captions"]), generator=g)[:cfg.eval_size]
         captions = [data["captions"][i] for i in idx]
         real = as_float(data["images"][cfg.clip.image_resolution][idx], "cpu")
-    result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
-                           decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
-                           upsampler_steps=list(s.up_steps), progress=progress_log(pipe.stages, log))
+    with diffusion.autocast(clip.device, cfg.precision):
+        result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
+                               decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
+                               upsampler_steps=list(s.up_steps), progress=progress_log(pipe.stages, log))
     images = result["images"]
     z_t = clip.encode_text(captions)[0]
     z_gen, z_real = clip.encode_image(images[0]), clip.encode_image(real.to(clip.device))

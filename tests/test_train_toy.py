@@ -206,6 +206,47 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeyp
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
 
 
+def _train(done, out, *options, stages="decoder"):
+    out.mkdir()
+    shutil.copy(done / "clip.pt", out / "clip.pt")
+    train_toy.main(TINY + ["--out", str(out), "--stages", stages, "--resume", *options])
+    return torch.load(out / "decoder.pt", weights_only=True)
+
+
+def test_precision_fp32_trains_exactly_as_without_autocast(finished_run, tmp_path, monkeypatch):
+    fp32 = _train(finished_run[0], tmp_path / "fp32", "--precision", "fp32")
+    monkeypatch.setattr(train_toy.diffusion, "autocast", lambda *a: contextlib.nullcontext())
+    plain = _train(finished_run[0], tmp_path / "plain")
+    assert fp32["train"]["history"] == plain["train"]["history"]
+    for a, b in ((fp32["state_dict"], plain["state_dict"]),
+                 (fp32["train"]["model"], plain["train"]["model"])):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_precision_bf16_runs_the_networks_in_bf16_and_the_rest_in_fp32(finished_run, tmp_path, monkeypatch):
+    seen, training_losses = [], train_toy.diffusion.GaussianDiffusion.training_losses
+
+    def record(self, net, *args, **kwargs):  # the dtype of the network output the loss is computed from
+        def recorded(*a, **k):
+            seen.append((out := net(*a, **k)).dtype)
+            return out
+        return training_losses(self, recorded, *args, **kwargs)
+
+    monkeypatch.setattr(train_toy.diffusion.GaussianDiffusion, "training_losses", record)
+    # the upsampler degrades its conditioning inside its loss: that stays fp32 too
+    bf16 = _train(finished_run[0], tmp_path / "bf16", "--precision", "bf16", stages="decoder,up1")
+    fp32 = _train(finished_run[0], tmp_path / "fp32", "--precision", "fp32")
+    assert seen == [torch.float32] * (3 * STEPS)
+    assert all(v.dtype == torch.float32 for v in bf16["state_dict"].values() if v.is_floating_point())
+    assert bf16["train"]["history"] != fp32["train"]["history"]  # bf16 did run
+    assert bf16["train"]["history"] == pytest.approx(fp32["train"]["history"], rel=0.05)
+
+
+def test_an_unknown_precision_is_refused_naming_the_flag(tmp_path):
+    with pytest.raises(SystemExit, match=re.escape("--precision fp16: must be one of auto, fp32, bf16")):
+        train_toy.main(TINY + ["--out", str(tmp_path), "--precision", "fp16"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
