@@ -52,7 +52,7 @@ class UNetConfig:
     text_width: int = 64  # width of caption states and of every context token
     text_heads: int = 4  # attention heads in the caption Transformer
     vocab_size: int = 259  # token ids of the CLIP tokenizer: set from FrozenCLIP.vocab_size
-    context_length: int = 80  # longest caption in tokens: set from FrozenCLIP.context_length
+    context_length: int = 112  # the toy CLIP's (caption + start + end): set from FrozenCLIP.context_length
 
     def __post_init__(self):
         # a checkpoint or a command line hands tuples back as lists
@@ -419,9 +419,9 @@ class Decoder(nn.Module):
 
     @torch.no_grad()
     def invert(self, x_0, z_i, tokens, mask, steps: int = 50, guidance_scale: float = 1.0):
-        """x_T [B, C, S, S] from images by deterministic DDIM inversion [DDIM] Sec. 4.3, used
-        for variations and interpolations [unCLIP] Sec. 3; sample(eta=0.0, noise=x_T) with
-        the same steps and guidance_scale reconstructs x_0."""
+        """x_T [B, C, S, S] from images by deterministic DDIM inversion [DDIM] Sec. 4.3, used for
+        variations and interpolations [unCLIP] Sec. 3; sample(eta=0.0, noise=x_T) with the same steps
+        and guidance_scale (sample's default is 3) gives x_0 back up to a first-order error."""
         self._check_images(x_0)
         model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
         return self.diffusion.respace(steps).ddim_invert(model_fn, x_0)

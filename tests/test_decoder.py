@@ -1,11 +1,22 @@
-"""decoder.py: shapes, gradients, the z_i and caption paths, dropout masks, batched CFG,
-overfitting, DDIM inversion, save/load, and the conv-only UNet the upsamplers reuse."""
+"""decoder.py: the timestep embedding, the z_i and caption paths, dropout masks, batched CFG,
+clipping, the DDIM inversion round trip, overfitting, save/load, and the conv-only UNet the
+upsamplers reuse."""
+
+import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from decoder import AttentionBlock, Decoder, DecoderConfig, UNet, UNetConfig
+from decoder import (
+    AttentionBlock,
+    Decoder,
+    DecoderConfig,
+    ResBlock,
+    UNet,
+    UNetConfig,
+    timestep_embedding,
+)
 
 # clip_dim == text_width on purpose: a projection that collapses to an identity when two widths
 # match (a pitfall of open re-implementations) would show up in the tests below.
@@ -18,15 +29,15 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make(seed: int = 0, scramble: bool = True, **overrides) -> Decoder:
-    """A tiny decoder; scramble=True perturbs every weight, so the zero-initialised output
-    layers do not make every output 0 (which would let the conditioning tests pass vacuously)."""
+def make(seed: int = 0, scramble: float = 0.1, **overrides) -> Decoder:
+    """A tiny decoder; scramble adds that much noise to every weight, so the zero-initialised
+    output layers do not make every output 0 (which would let the conditioning tests pass
+    vacuously). scramble=0 keeps the initialisation."""
     torch.manual_seed(seed)
     model = Decoder(DecoderConfig(**{**TINY, **overrides}))
-    if scramble:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn(p.shape, generator=seeded(seed + p.numel())))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scramble * torch.randn(p.shape, generator=seeded(seed + p.numel())))
     return model
 
 
@@ -59,9 +70,33 @@ def test_output_shapes():
 
 def test_untrained_net_predicts_zero():
     # the output conv and every residual branch start at zero [IDDPM]/ADM
-    model = make(scramble=False)
+    model = make(scramble=0)
     x, t, z, tokens, mask = inputs()
     assert model.net(x, t, z, tokens, mask).abs().max() == 0
+
+
+def test_resblock_scales_and_shifts_the_second_norm():
+    # ADM's adaptive group norm: h = norm(h) * (1 + scale) + shift, (scale, shift) from emb
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, emb_dim=4, dropout=0.0)
+    with torch.no_grad():
+        block.emb_proj.weight.zero_()
+        block.emb_proj.bias.copy_(torch.linspace(-1, 1, 32))  # constant scale, shift
+        block.conv2.weight.normal_()  # (zero-initialised: the branch would be silent)
+    x, emb = torch.randn(2, 8, 6, 6), torch.randn(2, 4)
+    scale, shift = torch.linspace(-1, 1, 32)[:, None, None].chunk(2)
+    h = block.norm2(block.conv1(nn.functional.silu(block.norm1(x)))) * (1 + scale) + shift
+    expected = block.skip(x) + block.conv2(nn.functional.silu(h))
+    assert torch.allclose(block(x, emb), expected, atol=1e-5)
+
+
+def test_timestep_embedding_closed_form():
+    # [DDPM] Appendix B / Transformer sinusoids: cos then sin of t * 10000^(-k / (dim/2))
+    t, dim = torch.tensor([0, 1, 37, 999]), 16
+    k = torch.arange(dim // 2)
+    angles = t[:, None].double() * torch.exp(-math.log(10000.0) * k / (dim // 2))[None]
+    expected = torch.cat([angles.cos(), angles.sin()], dim=1)
+    assert torch.allclose(timestep_embedding(t, dim).double(), expected, atol=1e-4)
 
 
 def test_gradient_reaches_every_parameter():
@@ -76,17 +111,20 @@ def test_gradient_reaches_every_parameter():
     assert not dead, f"no gradient reaches {dead}"
 
 
-def test_z_i_path_matters_and_a_dropped_z_i_is_ignored():
+def test_z_i_path_matters_and_a_dropped_z_i_is_the_null_embedding():
     model = make()
     x, t, z, tokens, mask = inputs()
     z2 = z.roll(1, dims=0)
     out1, out2 = model.net(x, t, z, tokens, mask), model.net(x, t, z2, tokens, mask)
     assert (out1 - out2).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every sample depends on z_i
     drop = torch.zeros(4, dtype=torch.bool)
-    d1 = model.net(x, t, z, tokens, mask, keep_image=drop)
-    d2 = model.net(x, t, z2, tokens, mask, keep_image=drop)
-    assert torch.equal(d1, d2)  # exactly independent of z_i
-    assert torch.equal(d1, model.net(x, t, None, tokens, mask))  # z_i=None is the null embedding
+    dropped = model.net(x, t, z, tokens, mask, keep_image=drop)
+    # [unCLIP] Sec. 2.1: a dropped z_i is the learned null embedding, whatever z_i was given
+    null = model.net.null_image_embed.expand(4, -1)
+    assert torch.allclose(dropped, model.net(x, t, null, tokens, mask), atol=1e-6)
+    assert torch.equal(dropped, model.net(x, t, z2, tokens, mask, keep_image=drop))
+    assert torch.equal(dropped, model.net(x, t, None, tokens, mask))  # z_i=None: the null too
+    assert (dropped - out1).abs().amax(dim=(1, 2, 3)).min() > 1e-3
 
 
 def test_clip_map_adds_z_i_at_the_middle_block():
@@ -100,20 +138,44 @@ def test_clip_map_adds_z_i_at_the_middle_block():
     drop = torch.zeros(4, dtype=torch.bool)  # a dropped z_i also drops its map
     assert torch.equal(model.net(x, t, z, tokens, mask, keep_image=drop),
                        model.net(x, t, z2, tokens, mask, keep_image=drop))
-    assert make(clip_map=True, scramble=False).net.image_to_map.weight.abs().max() == 0  # starts off
+    assert make(clip_map=True, scramble=0).net.image_to_map.weight.abs().max() == 0  # starts off
     with pytest.raises(ValueError, match="clip_map needs 16x16"):
         model.net(torch.randn(1, 3, 8, 8), t[:1], z[:1])
     with pytest.raises(ValueError, match="clip_map needs clip_dim"):
         make(clip_map=True, clip_dim=0, text_layers=0)
 
 
-def test_image_projections_are_learned_even_when_widths_match():
-    # clip_dim == text_width here; an identity "projection" would give both nets the same tokens
+def test_coords_are_each_pixels_x_and_y():
+    model = make(coords=True)
+    seen = []
+    model.net.input_conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     x, t, z, tokens, mask = inputs()
-    ctx = [make(seed).net.condition(t, z, None, None, None, None)[1] for seed in (0, 1)]
-    assert ctx[0].shape == (4, 4, 16)  # [unCLIP] Sec. 2.1: 4 extra context tokens
-    assert not torch.allclose(ctx[0], ctx[1])
-    assert not torch.allclose(ctx[0][:, 0], z)
+    model.net(x, t, z, tokens, mask)
+    h = seen[0]  # [B, 5, H, W]: x_t, then the column's x and the row's y, each in [-1, 1]
+    ramp = torch.linspace(-1, 1, 16)
+    assert h.shape == (4, 5, 16, 16) and torch.equal(h[:, :3], x)
+    assert torch.allclose(h[:, 3], ramp[None, None, :].expand(4, 16, 16))
+    assert torch.allclose(h[:, 4], ramp[None, :, None].expand(4, 16, 16))
+
+
+def test_image_projections_are_learned_even_when_widths_match():
+    # clip_dim == text_width here: a "projection" that copies z_i into the context tokens (or
+    # tiles it) would fit the shapes. [unCLIP] Sec. 2.1: 4 tokens, each its own projection.
+    model = make()
+    x, t, z, tokens, mask = inputs()
+    emb, ctx, ctx_mask, z_scaled = model.net.condition(t, z, None, None, None, None)
+    assert ctx.shape == (4, 4, 16) and ctx_mask.all()
+    cos = nn.functional.cosine_similarity(ctx, z[:, None], dim=-1)  # [B, 4]
+    assert cos.abs().max() < 0.9  # no token is a multiple of z_i
+    assert (ctx[:, 0] - ctx[:, 1]).abs().max() > 1e-2  # the tokens differ from each other
+    # unit z_i scaled by sqrt(D): the projections start at the timestep embedding's size
+    assert torch.allclose(z_scaled.norm(dim=1), torch.full((4,), 16**0.5))
+    # each route alone carries z_i: the 4 attention tokens and the timestep-embedding term
+    for route in ("image_to_emb", "image_to_tokens"):
+        m = make()
+        with torch.no_grad():
+            getattr(m.net, route).weight.zero_()
+        assert (m.net(x, t, z, tokens, mask) - m.net(x, t, z.flip(0), tokens, mask)).abs().max() > 1e-3, route
 
 
 def test_caption_path_matters_and_a_dropped_caption_is_ignored():
@@ -127,6 +189,20 @@ def test_caption_path_matters_and_a_dropped_caption_is_ignored():
     d2 = model.net(x, t, z, *other, keep_text=drop)
     assert torch.allclose(d1, d2, atol=1e-6)
     assert torch.allclose(d1, model.net(x, t, z, None, None), atol=1e-6)  # same as no caption
+
+
+def test_the_end_token_state_is_added_to_the_embedding():
+    # [GLIDE] Sec. 4: the last real token's state is added to the timestep embedding; change
+    # that token alone, and the term changes (the state of any earlier position would not)
+    model = make()
+    _, t, z, tokens, mask = inputs()
+    other = tokens.clone()
+    other[torch.arange(4), mask.sum(1) - 1] = 18  # another last token (the end id is 19)
+    emb = [model.net.condition(t, z, tok, mask, None, None)[0] for tok in (tokens, other)]
+    assert (emb[0] - emb[1]).abs().amax(dim=1).min() > 1e-4
+    dropped = [model.net.condition(t, z, tok, mask, None, torch.zeros(4, dtype=torch.bool))[0]
+               for tok in (tokens, other)]
+    assert torch.equal(*dropped)
 
 
 def test_padding_never_changes_the_output():
@@ -151,12 +227,12 @@ def test_masks_act_per_sample():
         assert not torch.allclose(kept, dropped, atol=1e-3), name
 
 
-def test_training_drops_conditions_at_the_configured_rates():
+def test_training_draws_t_and_drops_conditions_at_the_configured_rates():
     model = make(p_drop_image=0.1, p_drop_text=0.5)
     seen = {}
 
-    def spy(x_t, t, **cond):  # records the masks the loss passes; skips the network
-        seen.update(cond)
+    def spy(x_t, t, **cond):  # records what the loss passes; skips the network
+        seen.update(cond, t=t)
         return torch.zeros(x_t.shape[0], 6, *x_t.shape[2:])
     model.net.forward = spy
     B = 8000
@@ -165,6 +241,9 @@ def test_training_drops_conditions_at_the_configured_rates():
     keep_image, keep_text = seen["keep_image"].float(), seen["keep_text"].float()
     assert abs(keep_image.mean() - 0.9) < 0.015 and abs(keep_text.mean() - 0.5) < 0.02
     assert abs((1 - keep_image).mul(1 - keep_text).mean() - 0.05) < 0.01  # independent
+    # t ~ Uniform{0, ..., T-1}: both ends drawn, mean (T-1)/2 = 49.5 (sd of the mean 0.32)
+    t = seen["t"]
+    assert t.min() == 0 and t.max() == 99 and abs(t.float().mean() - 49.5) < 1.5
 
 
 def test_dropout_reaches_the_loss():
@@ -177,30 +256,41 @@ def test_dropout_reaches_the_loss():
         assert torch.equal(*losses) == same
 
 
-def test_batched_cfg_equals_two_separate_passes():
-    model = make()
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_batched_cfg_equals_two_separate_passes(learn_sigma):
+    model = make(learn_sigma=learn_sigma, out_channels=6 if learn_sigma else 3)
     x, t, z, tokens, mask = inputs()
     calls = []
     model.net.register_forward_hook(lambda *args: calls.append(1))
-    guided = model._model_fn(z, tokens, mask, guidance_scale=3.0)(x, t)
-    assert len(calls) == 1  # one forward for both halves
+    guided = {s: model._model_fn(z, tokens, mask, guidance_scale=s)(x, t) for s in (0.0, 1.0, 3.0)}
+    assert len(calls) == 3  # one forward for both halves
     cond = model.net(x, t, z, tokens, mask)
     uncond = model.net(x, t, None, None, None)  # both conditions dropped
+    assert (cond - uncond).abs().max() > 1e-2
     eps = uncond[:, :3] + 3.0 * (cond[:, :3] - uncond[:, :3])  # [CFG] Eq. 6
-    assert torch.allclose(guided, torch.cat([eps, cond[:, 3:]], dim=1), atol=1e-5)
-    assert torch.allclose(model._model_fn(z, tokens, mask, 1.0)(x, t), cond)
+    # the variance channels (learn_sigma) are the conditional ones, not guided [GLIDE] Sec. 2.3
+    assert torch.allclose(guided[3.0], torch.cat([eps, cond[:, 3:]], dim=1), atol=1e-5)
+    assert torch.allclose(guided[1.0], cond, atol=1e-6)  # s = 1: the conditional model
+    assert torch.allclose(guided[0.0][:, :3], uncond[:, :3], atol=1e-6)  # s = 0: unconditional
 
 
-def test_sampling_is_seeded():
+def test_sampling_is_seeded_guided_and_clipped():
     model = make().eval()
     _, _, z, tokens, mask = inputs(B=2)
     a, b, c = (model.sample(z, tokens, mask, steps=4, generator=seeded(s)) for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a, model.sample(z, tokens, mask, steps=4, guidance_scale=1.0,
+                                              generator=seeded(7)), atol=1e-3)
+    # static clipping: the last step returns the x_0 estimate, clamped to [-1, 1]; this
+    # scrambled net's estimates overshoot, so the clamp is what keeps the range
+    for eta in (None, 0.0):
+        out = model.sample(z, tokens, mask, steps=4, eta=eta, generator=seeded(7))
+        assert out.abs().max() <= 1 and (out.abs() == 1).float().mean() > 0.2
 
 
 def test_loss_falls_when_overfitting_a_few_images():
     torch.manual_seed(0)
-    model = make(scramble=False, p_drop_image=0.0, p_drop_text=0.0)
+    model = make(scramble=0, p_drop_image=0.0, p_drop_text=0.0)
     x = -torch.ones(4, 3, 16, 16)  # four coloured squares on black
     for i, (colour, (r, c)) in enumerate(zip(torch.eye(3).tolist() + [[1, 1, 0]],
                                              [(2, 2), (8, 2), (2, 8), (8, 8)], strict=True)):
@@ -220,14 +310,47 @@ def test_loss_falls_when_overfitting_a_few_images():
     assert after["loss"] < 0.3 * before["loss"], (before, after)
 
 
-def test_inversion_is_deterministic_and_conditioned():
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_ddim_inversion_round_trip_is_exact_when_eps_ignores_x_t_and_t(guidance_scale):
+    # DDIM inversion [DDIM] Sec. 4.3 steps forward with the eps of the step's start, sampling
+    # back uses the eps of its end; the two are the same when the net's eps depends on neither
+    # x_t nor t (input conv and time MLP output zeroed), so x_T -> x_0 retraces x_0 -> x_T
+    # exactly and every x_0 estimate is x_0 itself (no clipping). Exact but for float32
+    # rounding, which the first step back multiplies by 1/sqrt(alpha_bar_{T-1}) ~ 2000: 1/255.
+    # The eps still depends on z_i, the caption and the guidance scale, which must match.
     model = make()
+    with torch.no_grad():
+        model.net.input_conv.weight.zero_(), model.net.time_embed[-1].weight.zero_()
+    model.eval()
     x, _, z, tokens, mask = inputs(B=2)
     x = x.clamp(-1, 1)
-    x_T = model.invert(x, z, tokens, mask, steps=5)
-    assert torch.equal(x_T, model.invert(x, z, tokens, mask, steps=5))
-    assert not torch.allclose(x_T, model.invert(x, z.flip(0), tokens, mask, steps=5))
-    assert not torch.allclose(x_T, x)
+    seen = []  # the timesteps the net is called at: inversion runs the sampler's in reverse
+    model.net.register_forward_pre_hook(lambda mod, args: seen.append(args[1][0].item()))
+    x_T = model.invert(x, z, tokens, mask, steps=5, guidance_scale=guidance_scale)
+    assert seen == [0, 25, 50, 74, 99]  # 5 evenly spaced of T = 100, both ends [IDDPM] Sec. 4
+    assert x_T.std() > 0.3  # noise-like, not x_0 (alpha_bar_{T-1} is ~2e-7)
+    back = lambda **kw: model.sample(**{"z_i": z, "tokens": tokens, "mask": mask, "steps": 5,
+                                        "guidance_scale": guidance_scale, "eta": 0.0,
+                                        "noise": x_T, **kw})
+    seen.clear()
+    assert (back() - x).abs().max() < 1 / 255
+    assert seen == [99, 74, 50, 25, 0]
+    assert (back(z_i=z.flip(0)) - x).abs().max() > 0.1  # another z_i: another image
+    assert (back(guidance_scale=2.0) - x).abs().max() > 0.1
+
+
+def test_ddim_inversion_round_trip_error_falls_with_steps():
+    # A generic net (v-prediction, the toy decoder's): inversion's first-order error shrinks
+    # about as 1/steps [DDIM] Sec. 4.3. Here about 0.5 at 6 steps and 0.15-0.2 at 24.
+    model = make(scramble=0.03, mean_type="v").eval()
+    x, _, z, tokens, mask = inputs(B=1)
+    x = x.clamp(-1, 1)
+    err = {}
+    for steps in (6, 24):
+        x_T = model.invert(x, z, tokens, mask, steps=steps, guidance_scale=1.0)
+        back = model.sample(z, tokens, mask, steps=steps, guidance_scale=1.0, eta=0.0, noise=x_T)
+        err[steps] = (back - x).abs().max().item()
+    assert err[24] < 0.25 and err[24] < err[6] / 2, err
 
 
 def test_save_load_round_trip(tmp_path):

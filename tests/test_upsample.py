@@ -1,4 +1,5 @@
-"""upsample.py: degradations, crops, the conv-only net at two sizes, training, sampling, saving."""
+"""upsample.py: degradations, crops, the conv-only net at two sizes, training, sampling (an oracle
+net on hard edges), saving."""
 
 import math
 
@@ -99,6 +100,7 @@ def test_crop_area_and_alignment():
         assert torch.equal(crop[b], x[b, :, top:top + s, left:left + s])  # a contiguous window
         corners.add((top, left))
     assert len(corners) > 1  # one window per example, not one per batch
+    assert any(top != left for top, left in corners)  # rows and columns drawn independently
 
 
 def test_loss_crops_target_and_conditioning_alike():
@@ -127,6 +129,15 @@ def test_loss_crops_target_and_conditioning_alike():
     assert torch.equal(seen["x_0"], x)
     tv = lambda img: (img[..., 1:] - img[..., :-1]).abs().flatten(1).mean(1)  # total variation
     assert (tv(seen["cond"]) < tv(clean)).all()
+    # uncropped and clean, in closed form on hard edges: cond = up(box average of x), and the
+    # residual model is trained on r = x - cond
+    hi = hard_edged(8, 16)[1]
+    model = Upsampler(UpsamplerConfig(**{**TINY, "augment_prob": 0.0, "crop": False}))
+    model.diffusion.training_losses = capture
+    model.loss(hi, seeded(0))
+    cond = resize(hi.unflatten(2, (8, 2)).unflatten(4, (8, 2)).mean((3, 5)), 16)
+    assert torch.allclose(seen["cond"], cond, atol=1e-6)
+    assert torch.allclose(seen["x_0"], hi - cond, atol=1e-6)
 
 
 def test_net_accepts_crop_and_full_size():
