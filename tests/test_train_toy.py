@@ -16,6 +16,8 @@ import torch
 
 import train_toy
 from decoder import Decoder
+from prior import DiffusionPrior
+from upsample import Upsampler
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -157,32 +159,34 @@ def test_the_defaults_and_quick_pass_the_checks():
         train_toy.check_config(cfg, list(train_toy.STAGES), world=1)
 
 
-def test_resume_continues_to_the_same_result(finished_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage, model_cls",
+                         [("prior", DiffusionPrior), ("decoder", Decoder), ("up1", Upsampler)])
+def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(finished_run, tmp_path, monkeypatch,
+                                                                       stage, model_cls):
     done, _ = finished_run
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copy(done / "clip.pt", out / "clip.pt")
-    args = TINY + ["--out", str(out), "--stages", "decoder", "--resume"]
-    real_loss = Decoder.loss
-    calls = {"n": 0}
+    shutil.copy(done / "clip.pt", tmp_path / "clip.pt")
+    args = TINY + ["--out", str(tmp_path), "--stages", stage, "--resume"]
+    real_loss, calls = model_cls.loss, [0]
 
     def dies_at_step_3(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
+        calls[0] += 1
+        if calls[0] == 3:
             raise KeyboardInterrupt  # a kill after the step-2 checkpoint
         return real_loss(self, *a, **k)
 
-    monkeypatch.setattr(Decoder, "loss", dies_at_step_3)
+    monkeypatch.setattr(model_cls, "loss", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train_toy.main(args)
-    assert torch.load(out / "decoder.pt", weights_only=True)["train"]["step"] == 2
-    monkeypatch.setattr(Decoder, "loss", real_loss)
+    assert torch.load(tmp_path / f"{stage}.pt", weights_only=True)["train"]["step"] == 2
+    monkeypatch.setattr(model_cls, "loss", real_loss)
     train_toy.main(args)
-    resumed = torch.load(out / "decoder.pt", weights_only=True)
-    uninterrupted = torch.load(done / "decoder.pt", weights_only=True)
+    resumed, uninterrupted = (torch.load(d / f"{stage}.pt", weights_only=True) for d in (tmp_path, done))
     assert resumed["train"]["step"] == STEPS
-    # same data, same RNG stream: the loss history continues exactly
-    assert resumed["train"]["history"] == pytest.approx(uninterrupted["train"]["history"], rel=1e-5)
+    # same data, same RNG stream: the loss history continues exactly, to the same weights
+    assert resumed["train"]["history"] == uninterrupted["train"]["history"]
+    for a, b in ((resumed["state_dict"], uninterrupted["state_dict"]),
+                 (resumed["train"]["model"], uninterrupted["train"]["model"])):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeypatch):
