@@ -225,7 +225,7 @@ class DiffusionPrior(_Prior):
         self.check(z_t, states, mask, z_i)
         states, mask = trim_padding(states, mask)
         B, dev = len(z_i), z_i.device
-        x_0 = F.normalize(z_i, dim=-1) * math.sqrt(self.cfg.clip_dim)  # DESIGN: unit-ish entries
+        x_0 = F.normalize(z_i, dim=-1) * math.sqrt(self.cfg.clip_dim)  # about unit variance per coordinate
         rng = rng_device(generator, dev)
         t = torch.randint(0, self.cfg.timesteps, (B,), generator=generator, device=rng).to(dev)
         noise = torch.randn(x_0.shape, generator=generator, device=rng).to(x_0)

@@ -11,7 +11,8 @@ Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> pri
 from the run folder. Every stage checkpoint is {"config", "state_dict" (EMA weights), "train"
 (raw weights, optimizer, step, loss history, RNG)} written atomically, so `--resume` continues
 a killed run and a failed run never destroys a good checkpoint. The end writes unclip.pt (the
-one-file pipeline for unclip.py) and report.json / report.md with the metrics of DESIGN.md.
+one-file pipeline for unclip.py) and report.json / report.md
+with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine).
 """
 
 import argparse
@@ -578,7 +579,7 @@ def main(argv=None) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data, out: Path, log) -> dict:
-    """DESIGN.md's metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
+    """The metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
     s = cfg.sampling
     shapes = cfg.data == "shapes"
     if shapes:  # another seed: scenes and captions the training never saw
