@@ -53,12 +53,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
                                  nn.Linear(4 * width, width))
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, last=None):
+        """x [B, S, C] -> [B, S, C]; with `last`, only the last `last` positions [B, last, C]:
+        they still attend to every key, but no other position's output is computed."""
         B, S, C = x.shape
         qkv = self.qkv(self.ln_1(x)).view(B, S, 3, self.heads, C // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, S, hs)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, S, hs)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, S, C))
+        if last is not None:
+            x, q, mask = x[:, -last:], q[:, :, -last:], mask[:, :, -last:]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, S or last, hs)
+        x = x + self.proj(a.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -70,10 +74,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(width)
 
-    def forward(self, x, valid):
+    def forward(self, x, valid, last=None):
+        """With `last`, returns only the last `last` positions [B, last, C]. A causal stack reads
+        every position's keys in every layer, but the caller reads only these outputs: the last
+        block computes them alone (the rest of its rows would be discarded)."""
         mask = attention_mask(valid)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last if i == len(self.blocks) - 1 else None)
         return self.ln_f(x)
 
 
@@ -87,8 +94,9 @@ def best_of(candidates, z_t):
 
 def trim_padding(states, mask):
     """Drop the columns that are padding in every row. Padded keys are masked anyway, so the
-    result is the same (see the padding-invariance test) for less work: the toy CLIP's byte
-    captions fill about 55 of its 80 positions, and the text is most of the sequence."""
+    result is the same (see the padding-invariance test) for less work: a Shapes caption fills
+    about 52 of the toy CLIP's 112 byte positions (a batch of 64 keeps about 85), and the text
+    is most of the sequence."""
     n = int(mask.any(0).nonzero().max()) + 1
     return states[:, :n], mask[:, :n]
 
@@ -181,7 +189,7 @@ class _Prior(nn.Module):
 @dataclass
 class DiffusionPriorConfig:
     clip_dim: int = 64  # D, the frozen CLIP's embedding size (paper: 1024, ViT-H/16)
-    text_width: int = 128  # W, width of the CLIP text token states (toy CLIP: 128)
+    text_width: int = 128  # W, width of the CLIP text token states (train_toy sets it from its CLIP: 64)
     width: int = 64  # Transformer width: toy size, a 2-core CPU trains it in minutes (paper: 1B)
     layers: int = 2  # Transformer depth; the CLIP token states already did most of the reading
     heads: int = 2  # attention heads (width / heads = 32 channels each)
@@ -205,7 +213,9 @@ class DiffusionPrior(_Prior):
         # Tells the four tokens after the text apart: z_t, step, x_t, query.
         self.tail_pos = nn.Parameter(torch.randn(4, C) * 0.02)
         self.out = nn.Linear(C, D)
-        # [IDDPM] cosine schedule; fixed_small = posterior variance (the paper: "analytic")
+        # [IDDPM] cosine schedule. Reverse steps use the posterior variance beta~_t (fixed_small,
+        # [DDPM] Sec. 3.2); [unCLIP] Table 3 samples the prior with an analytic variance
+        # (Analytic-DPM), which this is not
         self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), mean_type="x0",
                                            var_type="fixed_small")
 
@@ -217,8 +227,8 @@ class DiffusionPrior(_Prior):
         # x_t and the step are never dropped: the unconditional branch must still denoise.
         tail = torch.stack([zt, step, self.x_proj(x_t), self.query.expand(B, -1)], 1)  # (B, 4, C)
         h = torch.cat([text, tail + self.tail_pos], 1)  # (B, L + 4, C)
-        h = self.transformer(h, torch.cat([valid, valid.new_ones(B, 4)], 1))
-        return self.out(h[:, -1])  # the query token's output: x_0
+        h = self.transformer(h, torch.cat([valid, valid.new_ones(B, 4)], 1), last=1)  # (B, 1, C)
+        return self.out(h[:, 0])  # the query token's output: x_0
 
     def loss(self, z_i, z_t, states, mask, generator=None):
         """Mean x_0-MSE over the batch at uniform random steps, caption dropped 10% of the time."""
@@ -269,7 +279,7 @@ class DiffusionPrior(_Prior):
 @dataclass
 class ARPriorConfig:
     clip_dim: int = 64  # D, the frozen CLIP's embedding size
-    text_width: int = 128  # W, width of the CLIP text token states (toy CLIP: 128)
+    text_width: int = 128  # W, width of the CLIP text token states (train_toy sets it from its CLIP: 64)
     width: int = 64  # Transformer width (toy; paper: 1B params)
     layers: int = 2  # Transformer depth
     heads: int = 2  # attention heads (32 channels each)
@@ -361,8 +371,8 @@ class ARPrior(_Prior):
         text, zt, valid = self.embed_caption(z_t, states, mask, keep)
         tail = torch.cat([zt[:, None], self.tok_emb(tokens)], 1) + self.tail_pos[: n + 1]
         valid = torch.cat([valid, valid.new_ones(B, n + 1)], 1)
-        h = self.transformer(torch.cat([text, tail], 1), valid)  # (B, L + n + 1, C)
-        return self.head(h[:, L:])
+        h = self.transformer(torch.cat([text, tail], 1), valid, last=n + 1)  # (B, n + 1, C)
+        return self.head(h)
 
     def loss(self, z_i, z_t, states, mask, generator=None):
         """Mean cross-entropy of the d + 1 tokens (teacher forcing), caption dropped 10%."""
