@@ -1,32 +1,22 @@
-"""How fast is each unCLIP model at its toy default config, on this machine?
+"""How fast is each unCLIP model at its toy default config on this machine, and where does the time go?
 
-    python bench.py                                      # every model, a markdown table
-    python bench.py --threads 2 --reps 5 --json runs/bench.json
-    python bench.py --only decoder,up1                   # some of the models
-    python bench.py --quick                              # smoke test: 1 rep, 2 sampling steps
+    python bench.py --threads 2 --reps 5 --json runs/bench.json   # every model, tables, profiles
+    python bench.py --only decoder,up1 --precision both           # some models, fp32 and bf16
+    python bench.py --peer --only prior                           # beside DALLE2-pytorch, if importable
+    python bench.py --quick                                       # smoke test: 1 rep, 2 sampling steps
 
-Models and batch sizes are the ones train_toy.py trains (its Config, with the CLIP-derived fields
-filled as its main() fills them), on random inputs of the right shapes: Shapes captions (no
-rendering), unit-norm embeddings, images in [-1, 1]. Per model:
-    params          parameters (buffers not counted)
-    GFLOP/example   one training forward + backward, counted by torch.utils.flop_counter:
-                    matmuls, convolutions and attention (causal attention counted in full);
-                    elementwise work is not counted
-    train ex/s      forward + backward + grad clipping + AdamW step, as train_toy.train_stage
-                    (not the frozen CLIP text forward train_toy also runs per prior step)
-    % of peak       GFLOP/example x ex/s over the matmul peak measured in the same run
-                    (fp32 on CPU; on CUDA the bf16 peak, the precision training runs in)
-    sample s/image  the steps train_toy samples with (Sampling): decoder 50 with batched
-                    classifier-free guidance, prior 64 with best-of-2 (AR prior: one call per
-                    token), upsamplers at train_toy.Sampling.up_steps (10 and 6)
-    peak mem        CUDA: torch.cuda.max_memory_allocated over the training steps. Else: growth
-                    of the process's max RSS, a high-water mark: 0 when an earlier model used more,
-                    so run one model (--only) for a clean number
-Every time is the median of --reps timed windows after warm-up; a training window repeats the
-step for at least a second. On CUDA: bf16 autocast, TF32, channels-last U-Nets.
+Models, batch sizes and sampling steps are train_toy.py's, on random data held as train_toy holds it.
+GFLOP/example: a training forward + backward, by torch.utils.flop_counter. train ex/s: train_toy's
+step (batch, forward, backward, clipping, AdamW, EMA). % of peak: against the measured matmul peak
+of the same precision (both are printed, and whether bf16 is native). Memory: CUDA peak allocated,
+else max-RSS growth (run one --only for a clean number). Times: medians of --reps windows.
+The profile (torch.profiler: --profile-steps training steps, and a decoder sampling call, the
+evaluation's work) gives each op's time to the group of its outermost caller that has one; "other"
+is every other op and the Python time between ops (CUDA: device time).
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import platform
@@ -39,21 +29,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP, clip_loss
-from decoder import Decoder
-from prior import ARPrior, DiffusionPrior
+from decoder import Decoder, DecoderConfig
+from diffusion import autocast, cpu_has_native_bf16
+from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig
 from toy_data import make_caption, sample_scene
-from train_toy import Config
+from train_toy import Config, Optim, as_float
 from upsample import Upsampler, resize
 
-try:
-    import resource  # Unix only
-except ImportError:
-    resource = None
-
 MODELS = ("clip", "prior", "ar_prior", "decoder", "up1", "up2")
+GROUPS = ("convolutions", "GroupNorm", "attention", "matmul/linear", "optimizer", "EMA", "data", "host syncs",
+          "other")
+SYNCS = {"item", "localscalardense", "isnonzero", "nonzero", "cudastreamsynchronize", "cudadevicesynchronize"}
+NAMED = (("conv", "convolutions"), ("groupnorm", "GroupNorm"), ("scaleddotproduct", "attention"))
+MATMULS = {"linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "einsum"}
 
 # On CPU, F.scaled_dot_product_attention runs as one fused op for which the FLOP counter has no
 # formula (it counts 0); give it the formulas torch uses for the CUDA attention kernels.
@@ -65,12 +57,19 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-# ----------------------------------------------------------------------------- measuring
 def sync(device: torch.device) -> None:
-    if device.type == "cuda":  # GPUs run asynchronously: wait before reading the clock
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    if device.type in ("cuda", "mps"):  # GPUs run asynchronously: wait before reading the clock
+        getattr(torch, device.type).synchronize()
+
+
+def window(fn, calls: int, device) -> float:
+    """Seconds per call of `calls` back-to-back calls of fn."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / calls
 
 
 def median_time(fn, reps: int, device, warmup: int = 1, min_window: float = 0.0) -> float:
@@ -79,22 +78,8 @@ def median_time(fn, reps: int, device, warmup: int = 1, min_window: float = 0.0)
     call measures how many that takes), so fast steps are not lost in timer noise."""
     for _ in range(warmup):
         fn()
-    calls = 1
-    if min_window > 0:
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        calls = max(1, math.ceil(min_window / max(time.perf_counter() - start, 1e-9)))
-    times = []
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync(device)
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+    calls = max(1, math.ceil(min_window / max(window(fn, 1, device), 1e-9))) if min_window > 0 else 1
+    return statistics.median(window(fn, calls, device) for _ in range(reps))
 
 
 def matmul_peak(device, dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
@@ -111,17 +96,18 @@ def count_flops(loss_fn) -> int:
 
 
 def max_rss_mb() -> float:
-    if resource is None:
+    try:
+        import resource  # Unix only
+    except ImportError:
         return math.nan
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-# ----------------------------------------------------------------------------- the models
-def shapes_captions(n: int, seed: int = 0) -> list[str]:
-    """n Shapes captions without rendering: their byte lengths set the text cost, as in training."""
-    rng = np.random.default_rng(seed)
-    return [make_caption(sample_scene(rng), rng)[0] for _ in range(n)]
+def resolve(device, precision: str) -> str:
+    """"fp32" or "bf16": what diffusion.autocast(device, precision) runs the networks in."""
+    with autocast(device, precision):
+        return "bf16" if torch.is_autocast_enabled(torch.device(device).type) else "fp32"
 
 
 def unit(n: int, d: int, device) -> torch.Tensor:
@@ -129,104 +115,236 @@ def unit(n: int, d: int, device) -> torch.Tensor:
 
 
 def smooth_images(n: int, size: int, device) -> torch.Tensor:
-    """[n, 3, size, size] in [-1, 1], smooth like Shapes (JPEG in the BSR degradation is slower
-    on pixel noise than on flat colour)."""
-    return F.interpolate(torch.rand(n, 3, 4, 4, device=device) * 2 - 1, size=size, mode="bilinear")
+    """[n, 3, size, size] uint8 as train_toy stores renders, smooth like Shapes (JPEG is slower on noise)."""
+    x = F.interpolate(torch.rand(n, 3, 4, 4, device=device), size=size, mode="bilinear")
+    return (x * 255).round().to(torch.uint8)
 
 
 def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
-    """{model, batch, loss(): a training loss on one batch, sample(k): k samples or None, steps}."""
+    """{model, batch, data(): one training batch, loss(*batch), sample(k, steps), steps, optim, ema}."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     s, cc, sample, n_steps = cfg.sampling, cfg.clip, None, None
     steps = lambda n: 2 if quick else n  # --quick: 2 sampling steps, enough to run every line
-    batch = getattr(cfg, "opt_prior" if name == "ar_prior" else f"opt_{name}").batch
-    B = max(batch, n_sample)
-    tokenizer = ByteTokenizer(cc.context_length)
-    tokens, mask = (a.to(device) for a in tokenizer(shapes_captions(B)))
+    optim = getattr(cfg, "opt_prior" if name == "ar_prior" else f"opt_{name}")
+    batch = optim.batch
+    N = 4 * max(batch, n_sample)  # the bank a batch is drawn from, as train_toy's rows_of does
+    rows = lambda: torch.randint(0, N, (batch,))
+    rng, tokenizer = np.random.default_rng(0), ByteTokenizer(cc.context_length)
+    captions = [make_caption(sample_scene(rng), rng)[0] for _ in range(N)]  # no rendering: their lengths
+    tokenize = lambda idx: (a.to(device) for a in tokenizer([captions[i] for i in idx]))
     if name == "clip":  # train_clip's step: contrastive loss, the batch's padding columns cut
-        model, x = CLIP(cc), smooth_images(B, cc.image_resolution, device)
-        text = tokens[:batch, :int(mask[:batch].sum(1).max())]
-        loss = lambda: clip_loss(model(x[:batch], text)[0])
+        model, images = CLIP(cc), smooth_images(N, cc.image_resolution, device)
+        text = lambda tokens, mask: tokens[:, :int(mask.sum(1).max())]
+        data = lambda: (lambda i: (as_float(images[i], device), text(*tokenize(i))))(rows())
+        loss = lambda x, text: clip_loss(model(x, text)[0])
     elif name in ("prior", "ar_prior"):  # caption states of an untrained frozen CLIP: same shapes
         clip = FrozenCLIP(CLIP(cc), tokenizer, device=device)
-        z_t, states, mask = clip.encode_text(shapes_captions(B))
-        z_i = unit(B, cc.embed_dim, device)
+        z_t, states, mask = clip.encode_text(captions)  # train_toy encodes every caption once
+        z_i = unit(N, cc.embed_dim, device)
         pcfg = cfg.prior if name == "prior" else cfg.ar_prior
         pcfg.clip_dim, pcfg.text_width = clip.embed_dim, clip.text_width  # as train_toy.main
         model = (DiffusionPrior if name == "prior" else ARPrior)(pcfg)
-        loss = lambda: model.loss(z_i[:batch], z_t[:batch], states[:batch], mask[:batch])
+        data = lambda: (lambda i: (z_i[i], z_t[i], states[i], mask[i]))(rows().to(device))
+        loss = model.loss
         if name == "prior":  # best-of-k: the k candidates run as one batch
             n_steps = steps(s.prior_steps)
-            sample = lambda k: model.sample(z_t[:k], states[:k], mask[:k], steps=n_steps,
-                                            candidates=s.candidates)
+            sample = lambda k, n=n_steps: model.sample(z_t[:k], states[:k], mask[:k], steps=n,
+                                                       candidates=s.candidates)
         else:
             model.fit_codebook(unit(4096, cc.embed_dim, device), unit(4096, cc.embed_dim, device))
             n_steps = pcfg.pca_dims + 1  # one network call per token
-            sample = lambda k: model.sample(z_t[:k], states[:k], mask[:k], candidates=s.candidates)
+            sample = lambda k, n=None: model.sample(z_t[:k], states[:k], mask[:k], candidates=s.candidates)
     elif name == "decoder":
         dc, n_steps = cfg.decoder, steps(s.decoder_steps)  # fields set as train_toy.main does
         dc.clip_dim, dc.image_size = cc.embed_dim, cc.image_resolution
         dc.vocab_size, dc.context_length = tokenizer.vocab_size, cc.context_length
-        model, x, z_i = Decoder(dc), smooth_images(B, dc.image_size, device), unit(B, dc.clip_dim, device)
-        loss = lambda: model.loss(x[:batch], z_i[:batch], tokens[:batch], mask[:batch])
+        model, images = Decoder(dc), smooth_images(N, dc.image_size, device)
+        z_i = unit(N, dc.clip_dim, device)
+        data = lambda: (lambda i: (as_float(images[i], device), z_i[i], *tokenize(i)))(rows())
+        loss = model.loss
+        tokens, mask = tokenize(range(n_sample))
         n = int(mask.sum(1).max())  # sampling cuts trailing padding, as unclip.generate does
-        sample = lambda k: model.sample(z_i[:k], tokens[:k, :n], mask[:k, :n], steps=n_steps,
-                                        guidance_scale=s.guidance)  # batched CFG inside
+        sample = lambda k, m=n_steps: model.sample(z_i[:k], tokens[:k, :n], mask[:k, :n], steps=m,
+                                                   guidance_scale=s.guidance)  # batched CFG inside
     else:
-        uc, n_steps = getattr(cfg, name), steps(s.up_steps[int(name[-1]) - 1])  # up1: 27, up2: 15
-        model, hi = Upsampler(uc), smooth_images(B, uc.high_res, device)
-        lo = resize(hi, uc.low_res, "area")
-        loss = lambda: model.loss(hi[:batch])  # crops of a quarter of the area, as in training
-        sample = lambda k: model.sample(lo[:k], steps=n_steps)
-    return dict(model=model.to(device), batch=batch, loss=loss, sample=sample, steps=n_steps)
+        uc, n_steps = getattr(cfg, name), steps(s.up_steps[int(name[-1]) - 1])
+        model, images = Upsampler(uc), smooth_images(N, uc.high_res, device)
+        lo = resize(as_float(images[:n_sample], device), uc.low_res, "area")
+        data = lambda: (as_float(images[rows()], device),)
+        loss = model.loss  # crops of a quarter of the area, as in training
+        sample = lambda k, n=n_steps: model.sample(lo[:k], steps=n)
+    return dict(model=model.to(device), batch=batch, data=data, loss=loss, sample=sample, steps=n_steps,
+                optim=optim, ema=name != "clip")
 
 
-def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = False,
-                n_sample: int = 8, cfg: Config | None = None) -> dict:
-    """Measure one model (see the module docstring); peak is the matmul FLOP/s to compare with."""
+def training_step(case: dict, device, precision: str):
+    """train_toy.train_stage's step with the stage's Optim, phases labelled for the profiler; no
+    .item(): nothing waits for the device."""
+    params, o = list(case["model"].parameters()), case["optim"]
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, o.beta2), weight_decay=o.weight_decay)
+    ema = [p.detach().clone() for p in params] if case["ema"] else None
+
+    def step():
+        with record_function("data"):
+            batch = case["data"]()
+        with autocast(device, precision):
+            loss = case["loss"](*batch)
+        loss.backward()
+        with record_function("optimizer"):
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # train_stage's place is before backward: same work
+        if ema is not None:
+            with torch.no_grad(), record_function("ema"):
+                torch._foreach_lerp_(ema, params, 1 - o.ema)
+    return step
+
+
+def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = False, n_sample: int = 8,
+                cfg: Config | None = None, precision: str = "auto", profile_steps: int = 0) -> dict:
+    """Measure one model (see the module docstring); peak is the matmul FLOP/s to compare with.
+    profile_steps > 0 adds "profile": {"train": breakdown, and for the decoder "sample": per step}."""
     device, cuda = torch.device(device), torch.device(device).type == "cuda"
     torch.manual_seed(0)
     rss = max_rss_mb()
     if cuda:
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     case = build(name, cfg or Config(), device, n_sample, quick)
     model, batch = case["model"].train(), case["batch"]
     if cuda and name in ("decoder", "up1", "up2"):  # the U-Nets: channels-last convolutions
         model.to(memory_format=torch.channels_last)
-    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
-    with amp():
-        flops = count_flops(case["loss"]) / batch  # also the first warm-up step
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():  # train_toy.train_stage's step; no .item(): nothing waits for the device
-        with amp():
-            loss = case["loss"]()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
+    with autocast(device, precision):
+        flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
+    step = training_step(case, device, precision)
     step_s = median_time(step, reps, device, warmup=1 if quick else 3, min_window=0.0 if quick else 1.0)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mb() - rss
     result = {"params": sum(p.numel() for p in model.parameters()), "batch": batch,
-              "gflop_per_example": flops / 1e9, "train_step_s": step_s,
-              "train_examples_per_s": batch / step_s,
+              "precision": resolve(device, precision), "gflop_per_example": flops / 1e9,
+              "train_step_s": step_s, "train_examples_per_s": batch / step_s,
               "peak_fraction": flops * batch / step_s / peak, "peak_mem_mb": mem,
               "peak_mem_kind": "cuda max_memory_allocated" if cuda else "process max-RSS growth",
               "sample_s_per_image": None, "sample_batch": None, "sample_steps": case["steps"]}
+    if profile_steps:
+        result["profile"] = {"train": profiled(step, profile_steps, device)}
     if case["sample"] is not None:
         model.eval()
-        with torch.no_grad(), amp():
+        with torch.no_grad(), autocast(device, precision):
             case["sample"](1)  # warm-up at batch 1
             result["sample_s_per_image"] = median_time(lambda: case["sample"](n_sample), reps, device,
                                                        warmup=0) / n_sample
+            if profile_steps and name == "decoder":  # the evaluation's sampling, per DDIM step
+                sample = profiled(lambda: case["sample"](n_sample, profile_steps), 1, device)
+                sample["step_s"] /= profile_steps
+                result["profile"]["sample"] = sample
         result["sample_batch"] = n_sample
     return result
 
 
-# ----------------------------------------------------------------------------- report
+def group_of(event) -> str | None:
+    """The group of one profiler event by its own name (None: decided by its callers, or other):
+    optimizer = clipping, AdamW, zero_grad; data = batch and tokenizing; attention = the attention
+    kernel (its projections: matmul/linear); host syncs = ops that read a value back (.item())."""
+    if event.name in ("data", "ema", "optimizer") or event.name.startswith("Optimizer."):
+        return {"data": "data", "ema": "EMA"}.get(event.name, "optimizer")
+    # "aten::native_group_norm", "autograd::engine::evaluate_function: NativeGroupNormBackward0"
+    key = event.name.replace(":", " ").split()[-1].lower().replace("_", "").removesuffix("0")
+    key = key.removesuffix("backward")
+    named = next((g for part, g in NAMED if part in key), None)
+    return named or ("matmul/linear" if key in MATMULS else "host syncs" if key in SYNCS else None)
+
+
+def breakdown(prof, cuda: bool) -> dict:
+    """Percent of the "step" ranges' time per group: each event's self time goes to the group of
+    its outermost caller that has one. CPU: of the steps' wall time, the untraced Python time in
+    "other"; CUDA: of the device time of their kernels."""
+    events = prof.events()
+    steps = [e for e in events if e.name == "step"]
+    seconds = {g: 0.0 for g in GROUPS}
+    for e in events:
+        chain = [e]
+        while chain[-1].cpu_parent is not None:
+            chain.append(chain[-1].cpu_parent)
+        if chain[-1].name != "step" or e.name == "step":
+            continue
+        group = next((g for g in map(group_of, reversed(chain)) if g is not None), "other")
+        seconds[group] += (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6
+    traced = sum(seconds.values())
+    total = traced if cuda else sum(s.cpu_time_total for s in steps) / 1e6
+    seconds["other"] += total - traced
+    return {"step_s": total / len(steps), "traced_fraction": traced / total,
+            "percent": {g: 100 * t / total for g, t in seconds.items()}}
+
+
+def profiled(fn, calls: int, device) -> dict:
+    """breakdown() of `calls` calls of fn, each a "step" range."""
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            with record_function("step"):
+                fn()
+            sync(device)
+    return breakdown(prof, cuda)
+
+
+def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
+    """Our diffusion prior and decoder beside DALLE2-pytorch's at the nearest parameter count, in
+    one process, interleaved (ours, peer, ours, ...), each ratio taken pair by pair on the same
+    machine state. {"skipped": reason} when the package is not importable here."""
+    if importlib.util.find_spec("dalle2_pytorch") is None:
+        return {"skipped": "dalle2_pytorch is not importable in this interpreter; install it in a "
+                           "separate environment (never a dependency of this project) and run there"}
+    import dalle2_pytorch as peer
+    count, D, dim, rows = lambda m: sum(p.numel() for p in m.parameters()), 128, 32 if quick else 64, []
+    trainer = lambda m, loss: training_step({"model": m, "data": tuple, "loss": loss, "ema": False,
+                                             "optim": Optim(1, 1, 1e-4)}, device, precision)
+
+    def compare(name, ours, theirs, ours_fn, peer_fn, items):
+        ours_fn(), peer_fn()  # warm-up
+        t = [(window(ours_fn, 1, device), window(peer_fn, 1, device)) for _ in range(rounds)]
+        ratios = [p / o for o, p in t]  # peer time / our time: our speedup
+        rate = lambda k: items / statistics.median(pair[k] for pair in t)
+        rows.append({"name": name, "our_params": count(ours), "peer_params": count(theirs), "ours": rate(0),
+                     "peer": rate(1), "speedup": statistics.median(ratios), "speedup_min": min(ratios),
+                     "speedup_max": max(ratios)})
+
+    # prior: width 128, depth 6, 4 heads; the peer without text encodings (4 tokens), ours one token
+    net = peer.DiffusionPriorNetwork(dim=D, depth=6, dim_head=32, heads=4, max_text_len=0)
+    pp = peer.DiffusionPrior(net=net, image_embed_dim=D, timesteps=1000, cond_drop_prob=0.1,
+                             condition_on_text_encodings=False).to(device)
+    op = DiffusionPrior(DiffusionPriorConfig(clip_dim=D, text_width=D, width=D, layers=6, heads=4)).to(device)
+    zt, zi, states = unit(256, D, device), unit(256, D, device), torch.zeros(256, 1, D, device=device)
+    mask = torch.ones(256, 1, dtype=torch.bool, device=device)
+    compare("prior train ex/s, width 128, depth 6, batch 256", op, pp,
+            trainer(op, lambda: op.loss(zi, zt, states, mask)),
+            trainer(pp, lambda: pp(text_embed=zt, image_embed=zi.clone())), 256)
+    # decoder: the peer's Unet(dim, (1, 2, 2)) with learned variance; ours the nearest of three
+    unet = peer.Unet(dim=dim, image_embed_dim=D, cond_dim=D, channels=3, dim_mults=(1, 2, 2),
+                     cond_on_text_encodings=False)
+    if isinstance(unet.image_to_tokens, nn.Identity):  # the library's Identity when widths match
+        unet.image_to_tokens = nn.Sequential(nn.Linear(D, 4 * D), nn.Unflatten(1, (4, D)))
+    pd = peer.Decoder(unet=unet, image_sizes=(32,), timesteps=1000, sample_timesteps=50,
+                      learned_variance=True, image_cond_drop_prob=0.1, text_cond_drop_prob=0.5).to(device)
+    od = min((Decoder(DecoderConfig(channels=dim, channel_mults=(1, 2, 2), num_res_blocks=b, clip_dim=D,
+                                    attention_resolutions=a, text_layers=0, learn_sigma=True))
+              for b, a in ((2, (16, 8)), (1, (16, 8)), (1, (8,)))),
+             key=lambda m: abs(count(m) - count(unet))).to(device)
+    x01, emb = torch.rand(32, 3, 32, 32, device=device), unit(32, D, device)
+    compare(f"decoder train img/s, width {dim}, batch 32", od, unet,
+            trainer(od, lambda: od.loss(x01 * 2 - 1, emb, None, None)),
+            trainer(pd, lambda: pd(x01, image_embed=emb)), 32)
+    od.eval(), pd.eval()
+    with torch.no_grad(), autocast(device, precision):
+        compare(f"decoder sample img/s, 4 images, 50 DDIM steps, no guidance, width {dim}", od, unet,
+                lambda: od.sample(emb[:4], None, None, steps=50, guidance_scale=1.0, eta=0.0),
+                lambda: pd.sample(image_embed=emb[:4]), 4)
+    head = ["DALLE2-pytorch beside ours", "params ours / peer", "ours /s", "peer /s", "speedup (min–max)"]
+    return {"rows": rows, "table": markdown(head, [
+        [r["name"], f"{r['our_params'] / 1e6:.2f}M / {r['peer_params'] / 1e6:.2f}M", f"{r['ours']:.3g}",
+         f"{r['peer']:.3g}", f"{r['speedup']:.2f} ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})"]
+        for r in rows])}
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -235,20 +353,44 @@ def machine(device) -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def markdown(head: list, rows: list) -> str:
+    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head), *rows])
+
+
 def table(report: dict) -> str:
     mem = "peak mem MB" if report["device"] == "cuda" else "max-RSS growth MB"
-    lines = [f"| model | params | GFLOP/example (train) | train ex/s | % of matmul peak | sample s/image "
-             f"| {mem} |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in report["models"].items():
-        sample = "–" if r["sample_s_per_image"] is None else f"{r['sample_s_per_image']:.3g}"
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['gflop_per_example']:.3g} | "
-                     f"{r['train_examples_per_s']:.3g} | {100 * r['peak_fraction']:.1f} | {sample} | "
-                     f"{r['peak_mem_mb']:.0f} |")
-    m = report["matmul"]
-    return "\n".join(lines) + (
+    rows = [[name, precision, f"{r['params'] / 1e6:.2f}M", f"{r['gflop_per_example']:.3g}",
+             f"{r['train_examples_per_s']:.3g}", f"{100 * r['peak_fraction']:.1f}",
+             "–" if r["sample_s_per_image"] is None else f"{r['sample_s_per_image']:.3g}",
+             f"{r['peak_mem_mb']:.0f}"]
+            for precision, models in report["models"].items() for name, r in models.items()]
+    peaks = ", ".join(f"{p} {m['gflops']:.4g} GFLOP/s ({m['n']}x{m['n']})"
+                      for p, m in report["matmul"].items())
+    head = ["model", "precision", "params", "GFLOP/example (train)", "train ex/s", "% of matmul peak",
+            "sample s/image", mem]
+    return markdown(head, rows) + (
         f"\n\n{report['machine']}, {report['threads']} threads, torch {report['torch']}; matmul peak "
-        f"{m['tflops']:.3g} TFLOP/s ({m['dtype']}, {m['n']}x{m['n']}); median of {report['reps']} reps")
+        f"{peaks}; {report['bf16']}; median of {report['reps']} reps")
+
+
+def profile_table(report: dict) -> str:
+    rows = [[f"{name} train" if kind == "train" else f"{name} sampling, per step", precision,
+             f"{1e3 * b['step_s']:.1f}", *(f"{b['percent'][g]:.1f}" for g in GROUPS)]
+            for precision, models in report["models"].items() for name, r in models.items()
+            for kind, b in r.get("profile", {}).items()]
+    return (markdown(["step", "precision", "ms", *GROUPS], rows)
+            + "\n\n% of the profiled step time (torch.profiler; groups: bench.py's docstring)")
+
+
+def matmul_peaks(device, native: bool, quick: bool, reps: int) -> dict:
+    """{"fp32": {"n", "gflops"}, "bf16": ...}: the measured matmul peak of each precision."""
+    peaks = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        # emulated bf16 is many times slower: a smaller matrix keeps the measurement short
+        fast = native or dtype == torch.float32
+        n = 256 if quick else 8192 if device.type == "cuda" else 2048 if fast else 1024
+        peaks[precision] = {"n": n, "gflops": matmul_peak(device, dtype, n, max(reps, 3)) / 1e9}
+    return peaks
 
 
 def main(argv=None) -> dict:
@@ -257,6 +399,10 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, --quick 1)")
     p.add_argument("--only", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "both"),
+                   help="autocast of the networks (diffusion.autocast); both = fp32 then bf16")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps per profile; 0 = no profile")
+    p.add_argument("--peer", action="store_true", help="also time DALLE2-pytorch beside ours, if importable")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 rep, 2 sampling steps, small matmul")
     args = p.parse_args(argv)
@@ -270,22 +416,30 @@ def main(argv=None) -> dict:
         mps = torch.backends.mps.is_available()
         args.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     device = torch.device(args.device)
-    if device.type == "cuda":  # as train_toy: TF32 matmuls, bf16 autocast
+    if device.type == "cuda":  # as train_toy: TF32 matmuls
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    n = 256 if args.quick else 8192 if device.type == "cuda" else 2048
-    peak = matmul_peak(device, dtype, n, reps=max(reps, 3))
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [resolve(device, args.precision)]
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
     report = {"device": device.type, "machine": machine(device), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "reps": reps, "quick": args.quick,
+              "torch": torch.__version__, "reps": reps, "quick": args.quick, "native_bf16": native,
               "command": " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]),
-              "matmul": {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": peak / 1e12},
-              "models": {}}
-    if device.type == "cuda":  # the fp32 (TF32) figure too, for the record
-        report["matmul"]["float32_tflops"] = matmul_peak(device, torch.float32, n, max(reps, 3)) / 1e12
-    for name in names:
-        print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        report["models"][name] = bench_model(name, device, peak, reps, args.quick)
+              "matmul": matmul_peaks(device, native, args.quick, reps), "models": {}}
+    ratio = report["matmul"]["bf16"]["gflops"] / report["matmul"]["fp32"]["gflops"]
+    report["bf16"] = (f"bf16 {'native' if native else 'emulated (no AVX512-BF16/AMX)'} on this "
+                      f"{device.type}: its matmul {ratio:.3g}x fp32's")
+    print(report["bf16"], file=sys.stderr, flush=True)
+    for precision in precisions:
+        peak = report["matmul"][precision]["gflops"] * 1e9
+        for name in names:
+            print(f"bench: {name} ({precision}) ...", file=sys.stderr, flush=True)
+            report["models"].setdefault(precision, {})[name] = bench_model(
+                name, device, peak, reps, args.quick, precision=precision, profile_steps=args.profile_steps)
     print(table(report))
+    if args.profile_steps > 0:
+        print("\n" + profile_table(report))
+    if args.peer:
+        report["peer"] = peer_comparison(device, precisions[0], reps, args.quick)
+        print("\n" + report["peer"].get("skipped", report["peer"].get("table")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

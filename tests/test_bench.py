@@ -53,23 +53,79 @@ def test_quick_run_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     report = bench.main(["--quick", "--only", "prior", "--threads", "1", "--json", str(path)])
     saved = json.loads(path.read_text())
-    assert saved["models"].keys() == {"prior"} and saved["threads"] == 1
-    assert saved["matmul"]["tflops"] > 0 and saved["matmul"]["dtype"] == "float32"
-    r = saved["models"]["prior"]
-    assert set(FIELDS) <= r.keys()
+    assert saved["models"].keys() == {"fp32"} and saved["models"]["fp32"].keys() == {"prior"}
+    assert saved["threads"] == 1 and saved["native_bf16"] == bench.cpu_has_native_bf16()
+    assert saved["matmul"].keys() == {"fp32", "bf16"}
+    assert all(m["gflops"] > 0 for m in saved["matmul"].values())
+    r = saved["models"]["fp32"]["prior"]
+    assert set(FIELDS) <= r.keys() and r["precision"] == "fp32"
     for key in FIELDS:
         if key not in ("peak_mem_kind", "peak_mem_mb"):
             assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["peak_mem_mb"] >= 0  # max-RSS growth: 0 when the process already used more
     assert r["batch"] == Config().opt_prior.batch and r["sample_steps"] == 2  # --quick
-    # the derived columns follow from the measured ones
+    # the derived columns follow from the measured ones, against the peak of their own precision
     assert r["train_examples_per_s"] == pytest.approx(r["batch"] / r["train_step_s"])
-    peak = saved["matmul"]["tflops"] * 1e12
     flop_rate = r["gflop_per_example"] * 1e9 * r["train_examples_per_s"]
-    assert r["peak_fraction"] == pytest.approx(flop_rate / peak)
-    assert report["models"]["prior"] == r
+    assert r["peak_fraction"] == pytest.approx(flop_rate / (saved["matmul"]["fp32"]["gflops"] * 1e9))
+    profile = r["profile"]["train"]
+    assert sum(profile["percent"].values()) == pytest.approx(100) and 0 < profile["traced_fraction"] <= 1
+    assert profile["percent"]["optimizer"] > 0 and profile["percent"]["convolutions"] == 0  # no convs
+    assert report["models"]["fp32"]["prior"] == r
     out = capsys.readouterr().out
-    assert "| model | params | GFLOP/example (train)" in out and "| prior |" in out
+    assert "| model | precision | params | GFLOP/example (train)" in out and "| prior | fp32 |" in out
+    assert "| prior train | fp32 |" in out
+
+
+class Event:  # the two fields of a profiler event group_of reads
+    def __init__(self, name):
+        self.name = name
+
+
+@pytest.mark.parametrize("name, group", [
+    ("aten::convolution", "convolutions"), ("aten::mkldnn_convolution", "convolutions"),
+    ("autograd::engine::evaluate_function: ConvolutionBackward0", "convolutions"),
+    ("aten::native_group_norm", "GroupNorm"),
+    ("autograd::engine::evaluate_function: NativeGroupNormBackward0", "GroupNorm"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"), ("aten::addmm", "matmul/linear"),
+    ("autograd::engine::evaluate_function: MmBackward0", "matmul/linear"), ("aten::item", "host syncs"),
+    ("Optimizer.step#AdamW.step", "optimizer"), ("optimizer", "optimizer"), ("data", "data"), ("ema", "EMA"),
+    ("aten::add_", None), ("aten::silu", None)])
+def test_profile_groups_by_op_name(name, group):
+    assert bench.group_of(Event(name)) == group
+
+
+def test_profile_of_a_known_step_puts_its_time_where_it_runs():
+    """A step that is almost all convolution, then one that is almost all optimizer: the breakdown
+    gives each its group, and the percentages add up to the step's wall time."""
+    conv, x = torch.nn.Conv2d(16, 16, 3, padding=1), torch.randn(8, 16, 32, 32)
+    params = [torch.zeros(1_000_000, requires_grad=True) for _ in range(8)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = torch.optim.AdamW(params, foreach=False)
+
+    def optimizer_step():
+        with torch.profiler.record_function("optimizer"):
+            opt.step()
+    cpu = torch.device("cpu")
+    convs = bench.profiled(lambda: conv(x), 2, cpu)
+    steps = bench.profiled(optimizer_step, 2, cpu)
+    assert convs["percent"]["convolutions"] > 70 and steps["percent"]["optimizer"] > 70
+    for b in (convs, steps):
+        assert sum(b["percent"].values()) == pytest.approx(100) and b["step_s"] > 0
+
+
+def test_peer_comparison_says_why_it_is_skipped(monkeypatch):
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    assert "not importable" in bench.peer_comparison(torch.device("cpu"), "fp32", 1, True)["skipped"]
+
+
+def test_bf16_column_runs_where_asked(capsys):
+    report = bench.main(["--quick", "--only", "prior", "--threads", "1", "--precision", "both",
+                         "--profile-steps", "0"])
+    assert report["models"].keys() == {"fp32", "bf16"}
+    assert [report["models"][p]["prior"]["precision"] for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert "| prior | bf16 |" in capsys.readouterr().out
 
 
 def test_tiny_decoder_and_upsampler():
