@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import GaussianDiffusion, cosine_betas, guide
+from diffusion import GaussianDiffusion, cosine_betas, guide, rng_device, timestep_embedding
 
 
 @dataclass
@@ -93,14 +93,6 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps [B] -> [B, dim] ([DDPM] Appendix B)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]  # [B, dim/2]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 class ResBlock(nn.Module):
@@ -372,7 +364,7 @@ class Decoder(nn.Module):
         caption may be None; t, the noise and both dropout masks are drawn from `generator`."""
         self._check_images(x_0)
         cfg, B, device = self.cfg, x_0.shape[0], x_0.device
-        gen_device = generator.device if generator is not None else device
+        gen_device = rng_device(generator, device)
         rand = lambda: torch.rand(B, generator=generator, device=gen_device).to(device)
         # t ~ Uniform{0, ..., T-1}: one term of L_vlb = T * E_t[L_t] per sample [IDDPM] Sec. 3.1
         t = torch.randint(0, cfg.timesteps, (B,), generator=generator, device=gen_device).to(device)

@@ -97,16 +97,30 @@ def _mean_flat(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
 
 
-def _randn(shape, generator, device) -> Tensor:
-    """Standard normal noise drawn on the generator's device (so one seed gives one result
-    whatever the model's device). A list of generators draws row b from generator[b]: each
-    example's noise then depends only on its own seed, and batching changes nothing."""
+def rng_device(generator, device):
+    """Where to draw random numbers: on the generator's own device, then moved, so that one CPU
+    seed gives the same draws whatever device the model is on; without a generator, `device`."""
+    return generator.device if generator is not None else device
+
+
+def randn(shape, generator, device) -> Tensor:
+    """Standard normal noise on `device`, drawn where rng_device says. A list of generators draws
+    row b from generator[b]: each example's noise then depends only on its own seed, and batching
+    changes nothing."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        return torch.cat([_randn((1, *shape[1:]), g, device) for g in generator])
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+        return torch.cat([randn((1, *shape[1:]), g, device) for g in generator])
+    return torch.randn(shape, generator=generator, device=rng_device(generator, device)).to(device)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of integer timesteps [B] -> [B, dim], the Transformer's position
+    encoding applied to t ([DDPM] Appendix B); the decoder and the prior both read t through it."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]  # [B, dim/2]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -335,16 +349,16 @@ class GaussianDiffusion(nn.Module):
 
         eta=None: ancestral sampling [DDPM] Algorithm 2 with this diffusion's variance.
         eta=float: DDIM [DDIM] Eq. 12 (η = 0 deterministic, η = 1 DDPM-like noise).
-        generator: a torch.Generator, or a list of one per example (see _randn).
+        generator: a torch.Generator, or a list of one per example (see randn).
         progress(i, n) is called after each of the n steps.
         """
         device = self.betas.device
-        x = _randn(shape, generator, device) if noise is None else noise.to(device)
+        x = randn(shape, generator, device) if noise is None else noise.to(device)
         n = self.num_timesteps
         for i in reversed(range(n)):
             t = torch.full((x.shape[0],), i, device=device, dtype=torch.long)
             p = self.p_mean_variance(model(x, self.timestep_map[t], **model_kwargs), x, t, clip)
-            z = _randn(x.shape, generator, device) if i > 0 else torch.zeros_like(x)
+            z = randn(x.shape, generator, device) if i > 0 else torch.zeros_like(x)
             if eta is None:
                 # [DDPM] Algorithm 2 line 4: x_{t−1} = μ_θ + σ_t z, σ_t the standard deviation
                 x = p["mean"] + (0.5 * p["log_var"]).exp() * z

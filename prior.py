@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import GaussianDiffusion, cosine_betas, guide
+from diffusion import GaussianDiffusion, cosine_betas, guide, rng_device, timestep_embedding
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -99,20 +99,6 @@ def trim_padding(states, mask):
     is most of the sequence."""
     n = int(mask.any(0).nonzero().max()) + 1
     return states[:, :n], mask[:, :n]
-
-
-def rng_device(generator, device):
-    """Random draws happen on the generator's device and are then moved, so that one CPU seed
-    gives the same draws whatever device the model is on (as diffusion.py does)."""
-    return generator.device if generator is not None else device
-
-
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding of integer steps t [B] -> [B, dim] (as for positions in [DDPM])."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 class _Prior(nn.Module):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from decoder import UNet, UNetConfig
-from diffusion import GaussianDiffusion, cosine_betas, linear_betas
+from diffusion import GaussianDiffusion, cosine_betas, linear_betas, randn, rng_device
 
 
 # ---------------------------------------------------------------- resizing and randomness
@@ -47,18 +47,9 @@ def resize(x: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
     return out.clamp(-1, 1)  # bicubic overshoots at edges
 
 
-def _gen_device(generator: torch.Generator | None):
-    # draw on the generator's own device, so one seed gives the same numbers on any model device
-    return generator.device if generator is not None else "cpu"
-
-
 def _rand(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """n uniforms in [0, 1) on `device`."""
-    return torch.rand(n, generator=generator, device=_gen_device(generator)).to(device)
-
-
-def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
+    return torch.rand(n, generator=generator, device=rng_device(generator, device)).to(device)
 
 
 # ---------------------------------------------------------------- degradations (training only)
@@ -121,13 +112,13 @@ def bsr_degrade(lo: torch.Tensor, generator: torch.Generator | None = None) -> t
 
     def noise(x):  # level 1..10 on the 0..255 scale (BSR: 1..25); x2 for the [-1,1] scale
         level = (1 + 9 * _rand(len(x), generator, device)) * 2 / 255
-        return x + level[:, None, None, None] * _randn(x.shape, generator, device)
+        return x + level[:, None, None, None] * randn(x.shape, generator, device)
 
     def compress(x):  # quality 50..95 (BSR: 30..95)
         return jpeg(x, 50 + (46 * _rand(len(x), generator, "cpu")).long())
 
     ops = (blur, down_up, noise, compress)
-    for i in torch.randperm(len(ops), generator=generator, device=_gen_device(generator)).tolist():
+    for i in torch.randperm(len(ops), generator=generator, device=rng_device(generator, "cpu")).tolist():
         apply = _rand(B, generator, device) < 0.5
         if apply.any():
             x[apply] = ops[i](x[apply]).clamp(-1, 1)
@@ -270,7 +261,7 @@ class Upsampler(nn.Module):
                 x_0 = x_0 - cond
         # t ~ Uniform{0..T-1} and eps ~ N(0, I), both from the generator so a seed fixes the loss
         t = (_rand(B, generator, device) * cfg.timesteps).long().clamp(max=cfg.timesteps - 1)
-        noise = _randn(x_0.shape, generator, device)
+        noise = randn(x_0.shape, generator, device)
         return self.diffusion.training_losses(self, x_0, t, noise=noise, cond=cond)["loss"].mean()
 
     @torch.no_grad()

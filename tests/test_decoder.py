@@ -15,8 +15,8 @@ from decoder import (
     ResBlock,
     UNet,
     UNetConfig,
-    timestep_embedding,
 )
+from diffusion import timestep_embedding
 
 # clip_dim == text_width on purpose: a projection that collapses to an identity when two widths
 # match (a pitfall of open re-implementations) would show up in the tests below.
