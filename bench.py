@@ -47,8 +47,7 @@ SYNCS = {"item", "localscalardense", "isnonzero", "nonzero", "cudastreamsynchron
 NAMED = (("conv", "convolutions"), ("groupnorm", "GroupNorm"), ("scaleddotproduct", "attention"))
 MATMULS = {"linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "einsum"}
 
-# On CPU, F.scaled_dot_product_attention runs as one fused op for which the FLOP counter has no
-# formula (it counts 0); give it the formulas torch uses for the CUDA attention kernels.
+# The fused CPU attention op has no FLOP formula (it counts 0): give it torch's CUDA attention ones.
 CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
         lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
@@ -321,10 +320,11 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
     # decoder: the peer's Unet(dim, (1, 2, 2)) with learned variance; ours the nearest of three
     unet = peer.Unet(dim=dim, image_embed_dim=D, cond_dim=D, channels=3, dim_mults=(1, 2, 2),
                      cond_on_text_encodings=False)
-    if isinstance(unet.image_to_tokens, nn.Identity):  # the library's Identity when widths match
-        unet.image_to_tokens = nn.Sequential(nn.Linear(D, 4 * D), nn.Unflatten(1, (4, D)))
     pd = peer.Decoder(unet=unet, image_sizes=(32,), timesteps=1000, sample_timesteps=50,
                       learned_variance=True, image_cond_drop_prob=0.1, text_cond_drop_prob=0.5).to(device)
+    unet = pd.unets[0]  # the Decoder rebuilds the Unet it is given: patch its own copy
+    if isinstance(unet.image_to_tokens, nn.Identity):  # the library's Identity when widths match
+        unet.image_to_tokens = nn.Sequential(nn.Linear(D, 4 * D), nn.Unflatten(1, (4, D))).to(device)
     od = min((Decoder(DecoderConfig(channels=dim, channel_mults=(1, 2, 2), num_res_blocks=b, clip_dim=D,
                                     attention_resolutions=a, text_layers=0, learn_sigma=True))
               for b, a in ((2, (16, 8)), (1, (16, 8)), (1, (8,)))),
