@@ -3,10 +3,11 @@
 A frozen CLIP reads the caption y into z_t; a prior P(z_i | y) proposes a CLIP image embedding z_i
 (both unit-norm, [B, D]); the decoder P(x | z_i, y) draws an S x S image from noise x_T; zero, one
 or two upsamplers enlarge it to 2S, 4S ([unCLIP] Fig. 2). Stages: "prior", "decoder", "up1", "up2".
-This file only composes the modules below it: the math lives there.
-"""
+This file only composes the modules below it: the math lives there."""
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps
 
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
 from decoder import Decoder, DecoderConfig
+from diffusion import PRECISIONS, autocast
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
 from toy_data import save_grid
 from upsample import Upsampler, UpsamplerConfig
@@ -27,6 +29,7 @@ from upsample import Upsampler, UpsamplerConfig
 FORMAT = 1  # layout version of the one-file checkpoint; bump it when the layout changes
 HINT = "train one with: python train_toy.py"
 STAGES = ("prior", "decoder", "up1", "up2")
+BATCH = 16  # rows sampled at once by default: 16 images of 128x128 fit in a laptop's memory
 PRIORS = {"diffusion": (DiffusionPrior, DiffusionPriorConfig), "ar": (ARPrior, ARPriorConfig)}
 
 
@@ -54,9 +57,21 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
 
 
+def need(name: str, value, least=1) -> int:
+    """value if it is an int >= least (a bool is not one); else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be at least {least} (an integer), got {value!r}")
+    return value
+
+
 class UnCLIP:
     """clip: FrozenCLIP; prior: DiffusionPrior, ARPrior or None (then only the prior-free baselines and
-    the image applications run); decoder: Decoder; upsamplers: 0-2, each fed the previous size."""
+    the image applications run); decoder: Decoder; upsamplers: 0-2, each fed the previous size.
+    Options of every sampling method: decoder_steps=50, decoder_guidance=3.0, upsampler_steps (None:
+    each one's own, an int, or one per upsampler), stages="all" or the last stage, batch_size=BATCH
+    rows at a time, stream=False (True: the micro-batches one by one, so memory does not grow with the
+    rows), precision=None (the caller's autocast; "auto", "fp32" or "bf16": diffusion.autocast's)
+    and progress(stage, step, steps). The images do not depend on batch_size or the device."""
 
     def __init__(self, clip: FrozenCLIP, prior, decoder: Decoder, upsamplers=()):
         self.clip, self.prior, self.decoder, self.upsamplers = clip, prior, decoder, list(upsamplers)
@@ -87,6 +102,10 @@ class UnCLIP:
                              f"{', '.join(self.stages)}); {HINT}")
         return STAGES.index(self.stages[-1] if stages == "all" else stages)
 
+    def _autocast(self, precision=None, **_):
+        """The context the networks run in: the caller's own for None, else diffusion.autocast's."""
+        return contextlib.nullcontext() if precision is None else autocast(self.clip.device, precision)
+
     def _sample_prior(self, z_t, states, mask, steps, guidance, candidates, generators, progress):
         """z_i [n, D], row r drawn with generators[r]; a forward hook reports each network call."""
         ar, calls = isinstance(self.prior, ARPrior), count(1)
@@ -95,7 +114,6 @@ class UnCLIP:
         def tick(*_):  # returns None: a forward hook's return value would replace the output
             if progress:
                 progress("prior", min(next(calls), total), total)
-
         hook = self.prior.register_forward_hook(tick)
         try:
             if not ar:  # the k candidates of row r draw from generators[r] one after the other
@@ -109,154 +127,146 @@ class UnCLIP:
         finally:
             hook.remove()
 
-    def _decode(self, z_i, generator, noise=None, eta=None, tokens=None, mask=None,
-                fixed_noise=False, decoder_steps=50, decoder_guidance=3.0, upsampler_steps=None,
-                stages="all", progress=None) -> dict:
-        """z_i [n, D] (or None, with tokens) -> generate's dict, up to `stages`.
-        fixed_noise: one upsampler x_T shared by the n rows (frames of an edit)."""
-        last, out = self._last(stages), {"z_i": z_i}
-        ups = self.upsamplers[:max(0, last - 1)]
-        steps = upsampler_steps if isinstance(upsampler_steps, list | tuple) else [upsampler_steps] * len(ups)
-        if len(steps) < len(ups):
+    def _decode(self, rows, seeds, eta=None, fixed=None, decoder_steps=50, decoder_guidance=3.0,
+                upsampler_steps=None, stages="all", progress=None, batch_size=BATCH, stream=False,
+                precision=None):
+        """rows(r, generators) -> (z_i, tokens, mask, x_T) of the rows in slice r (None where absent);
+        row b draws all its noise from a CPU generator seeded seeds[b]. fixed: a generator for one
+        upsampler x_T shared by all rows (an edit's frames). -> generate's dict, or its micro-batches."""
+        last, *_ = self._last(stages), self._autocast(precision), need("decoder_steps", decoder_steps)
+        ups, size = self.upsamplers[:max(0, last - 1)], need("batch_size", batch_size)
+        up_steps = (upsampler_steps if isinstance(upsampler_steps, list | tuple)
+                    else [upsampler_steps] * len(ups))
+        if len(up_steps) < len(ups):
             raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
-        report = lambda stage: (lambda i, k: progress(stage, i, k)) if progress else None  # for a sampler
-        if last > 0:
-            x = out["decoder"] = self.decoder.sample(
-                z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
-                noise=noise, generator=generator, progress=report("decoder")).clamp(-1, 1)
-        for i, up in enumerate(ups):
-            shape = (1, 3, up.cfg.high_res, up.cfg.high_res)  # fixed_noise: one x_T for all rows
-            x_T = torch.randn(shape, generator=generator).expand(len(x), -1, -1, -1) if fixed_noise else None
-            x = out[f"up{i + 1}"] = up.sample(x, steps=steps[i], noise=x_T,
-                                              generator=generator, progress=report(f"up{i + 1}"))
-        out["images"] = [out[s] for s in STAGES[1:] if s in out]
-        return out
+        up_noise = [None if fixed is None else torch.randn((1, 3, up.cfg.high_res, up.cfg.high_res),
+                                                           generator=fixed) for up in ups]
+        report = lambda stage: progress and (lambda i, k: progress(stage, i, k))  # for a sampler
+        cascade = lambda out: {**out, "images": [out[s] for s in STAGES[1:] if s in out]}
 
-    @torch.no_grad()
+        @torch.no_grad()
+        def batch(r):  # the autocast is entered and left within a micro-batch, never across a yield
+            gens = [torch.Generator().manual_seed(s) for s in seeds[r]]
+            with self._autocast(precision):
+                z_i, tokens, mask, x_T = rows(r, gens)
+                out = {"z_i": z_i}
+                if last > 0:
+                    x = out["decoder"] = self.decoder.sample(
+                        z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
+                        noise=x_T, generator=gens, progress=report("decoder")).clamp(-1, 1)
+                for i, (up, x_T) in enumerate(zip(ups, up_noise, strict=True)):
+                    x_T = None if x_T is None else x_T.expand(len(x), -1, -1, -1)
+                    x = out[f"up{i + 1}"] = up.sample(x, up_steps[i], noise=x_T, generator=gens,
+                                                      progress=report(f"up{i + 1}"))
+            return cascade(out)
+
+        batches = (batch(slice(b, b + size)) for b in range(0, len(seeds), size))
+        if stream:
+            return batches
+        batches = list(batches)  # one dict, each tensor's rows in order
+        return cascade({k: v if v is None else torch.cat([b[k] for b in batches])
+                        for k, v in batches[0].items() if k != "images"})
+
     def generate(self, captions, images_per_caption=1, seed=0, prior_steps=64, prior_guidance=1.0,
-                 candidates=2, decoder_steps=50, decoder_guidance=3.0, eta=None,
-                 upsampler_steps=None, stages="all", embedding="prior", progress=None) -> dict:
+                 candidates=2, eta=None, embedding="prior", **options):
         """Text -> images [unCLIP] Sec. 2: z_i ~ prior(y), x ~ decoder(z_i, y), then upsamplers.
-        Returns {"z_i": [B n, D], "decoder": [B n, 3, S, S], "up1", "up2", "images": the image
-        tensors in cascade order} up to `stages` ("all" or a stage), rows k n ... k n + n - 1 for
-        caption k. eta: the decoder's sampler (None ancestral, float DDIM); upsampler_steps: None
-        (each config's own), an int, or one per upsampler. embedding: "prior", or a prior-free
-        baseline of [unCLIP] Sec. 5.1: "text" decodes z_t as if it were z_i (zero-shot), "none"
-        the caption alone (the decoder's null z_i). progress(stage, step, steps) follows each step."""
+        -> {"z_i": [K n, D], "decoder": [K n, 3, S, S], "up1", "up2", "images": the image tensors in
+        cascade order} up to `stages`, image j of caption k in row k n + j, its noise from a generator
+        seeded seed + 10000 k + j. eta: the decoder's sampler (None ancestral, float DDIM). embedding:
+        "prior", or a baseline of [unCLIP] Sec. 5.1: "text" (z_t as z_i, zero-shot), "none" (caption)."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if embedding not in ("prior", "text", "none"):
             raise ValueError(f"embedding must be 'prior', 'text' or 'none', got {embedding!r}")
         if embedding == "prior" and self.prior is None:
             raise ValueError(f"this pipeline has no prior (it has {', '.join(self.stages)}); use "
                              f"embedding 'text' or 'none', or {HINT}")
-        self._last(stages)  # a bad stage fails before any sampling
-        z_t, states, mask = self.clip.encode_text(captions)
-        tokens = self.clip.tokenize(captions)[0]
-        n = images_per_caption  # caption k fills rows k n ... k n + n - 1
-        z_t, states, mask, tokens = (v.repeat_interleave(n, 0) for v in (z_t, states, mask, tokens))
-        # image j of caption k draws its noise from its own CPU generator: same on any device, any batch
-        generators = [torch.Generator().manual_seed(seed + 10_000 * k + j)
-                      for k in range(len(captions)) for j in range(n)]
-        z_i = z_t if embedding == "text" else None
-        if embedding == "prior":
-            z_i = self._sample_prior(z_t, states, mask, prior_steps, prior_guidance, candidates,
-                                     generators, progress)
+        n, text = need("images_per_caption", images_per_caption), self.decoder.cfg.text_layers > 0
+        with self._autocast(**options):
+            z_t, states, mask = self.clip.encode_text(captions)  # one row per caption
         length = int(mask.sum(1).max())  # trailing padding cut: the caption encoder is causal
-        caption = (tokens[:, :length], mask[:, :length]) if self.decoder.cfg.text_layers else ()
-        return self._decode(z_i, generators, None, eta, *caption, decoder_steps=decoder_steps,
-                            decoder_guidance=decoder_guidance, upsampler_steps=upsampler_steps,
-                            stages=stages, progress=progress)
+        tokens, cut = self.clip.tokenize(captions)[0][:, :length], mask[:, :length]
 
-    def _image(self, image) -> torch.Tensor:
-        """A [3, H, W] or [1, 3, H, W] tensor in [-1, 1] (see read_image) -> [1, 3, S, S]."""
-        x = torch.as_tensor(image, dtype=torch.float32)
-        x = x[None] if x.dim() == 3 else x
-        if x.dim() != 4 or tuple(x.shape[:2]) != (1, 3):
-            raise ValueError(f"expected one image [3, H, W] or [1, 3, H, W], got {tuple(x.shape)}")
-        S = self.image_size
-        if x.shape[-2:] != (S, S):
-            x = F.interpolate(x, size=(S, S), mode="bicubic", antialias=True).clamp(-1, 1)
-        return x.to(self.clip.device)
+        def rows(r, gens):  # row k n + j is image j of caption k
+            k = torch.arange(len(captions) * n)[r] // n
+            z_i = {"text": z_t[k], "none": None}.get(embedding)
+            if embedding == "prior":
+                z_i = self._sample_prior(z_t[k], states[k], mask[k], prior_steps, prior_guidance,
+                                         candidates, gens, options.get("progress"))
+            return (z_i, tokens[k], cut[k], None) if text else (z_i, None, None, None)
+        seeds = [seed + 10_000 * k + j for k in range(len(captions)) for j in range(n)]
+        return self._decode(rows, seeds, eta, **options)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, S, S] -> z_i [B, D]; the toy CLIP takes only its own resolution."""
-        R = self.clip.model.config.image_resolution
-        if self.clip.kind == "toy" and x.shape[-1] != R:
-            x = F.interpolate(x, size=(R, R), mode="bicubic", antialias=True).clamp(-1, 1)
-        return self.clip.encode_image(x)
+    def _latents(self, images, invert=True, decoder_steps=50, decoder_guidance=3.0, precision=None, **_):
+        """Images [3, H, W] or [1, 3, H, W] in [-1, 1] -> the bipartite latents [unCLIP] Sec. 3.1: z_i
+        [B, D], and x_T [B, 3, S, S] (None if not invert) by DDIM inversion [DDIM] Sec. 4.3 with the
+        decoding's steps and guidance, so that DDIM with η = 0 gives the images back."""
+        xs = [torch.as_tensor(x, dtype=torch.float32) for x in images]
+        xs = [x[None] if x.dim() == 3 else x for x in xs]
+        if any(x.dim() != 4 or x.shape[:2] != (1, 3) for x in xs):
+            raise ValueError(f"expected images [3, H, W] or [1, 3, H, W], got {[tuple(x.shape) for x in xs]}")
+        fit = lambda x, S: x if x.shape[-2:] == (S, S) else F.interpolate(
+            x, size=(S, S), mode="bicubic", antialias=True).clamp(-1, 1)
+        x = torch.cat([fit(x, self.image_size) for x in xs]).to(self.clip.device)
+        with self._autocast(precision):  # the toy CLIP reads its own resolution only
+            z_i = self.clip.encode_image(fit(x, self.clip.model.config.image_resolution)
+                                         if self.clip.kind == "toy" else x)
+            steps = need("decoder_steps", decoder_steps)
+            return z_i, self.decoder.invert(x, z_i, None, None, steps, decoder_guidance) if invert else None
 
-    def _invert(self, x, z_i, decoder_steps=50, decoder_guidance=3.0, **_):
-        """x_T by DDIM inversion [DDIM] Sec. 4.3, with the decoding's steps and guidance: η = 0 gives x."""
-        return self.decoder.invert(x, z_i, None, None, steps=decoder_steps, guidance_scale=decoder_guidance)
+    def variations(self, image, n=4, eta=1.0, seed=0, invert=True, **options):
+        """[unCLIP] Sec. 3.1: decode the image's bipartite latent (z_i, x_T) n times with DDIM η > 0:
+        variations keep what CLIP encodes, and η -> 0 gives the image back; invert=False: a random x_T.
+        Variation j draws its noise from a generator seeded seed + j. -> generate's dict."""
+        z_i, x_T = self._latents([image], invert, **options)  # [1, D], [1, 3, S, S] or None
+        expand = lambda x, g: x if x is None else x.expand(len(g), *x.shape[1:])
+        return self._decode(lambda r, g: (expand(z_i, g), None, None, expand(x_T, g)),
+                            range(seed, seed + need("n", n)), eta, **options)
 
-    @torch.no_grad()
-    def variations(self, image, n=4, eta=1.0, seed=0, invert=False, **options) -> dict:
-        """[unCLIP] Sec. 3.1: decode the image's own z_i n times. DDIM with η > 0 gives variations
-        that keep what CLIP encodes; invert=True starts from the DDIM-inverted x_T, so η = 0
-        reconstructs it. options (as generate's): decoder_*, upsampler_steps, stages, progress."""
-        x = self._image(image)
-        z_i = self._embed(x).expand(n, -1)  # [n, D]
-        noise = self._invert(x, z_i[:1], **options).expand(n, -1, -1, -1) if invert else None
-        return self._decode(z_i, torch.Generator().manual_seed(seed), noise, eta, **options)
+    def interpolate(self, image_a, image_b, steps=5, seed=0, invert=True, **options):
+        """[unCLIP] Sec. 3.2: frame θ (evenly spaced in [0, 1]) decodes slerp(z_a, z_b, θ) with DDIM
+        η = 0 from slerp(x_T(a), x_T(b), θ), so the ends reconstruct a and b; invert=False: one random x_T
+        for all frames (Fig. 4). The seed fixes that x_T and the upsamplers' noise. -> generate's dict."""
+        theta, fixed = torch.linspace(0, 1, need("steps", steps, 2)), torch.Generator().manual_seed(seed)
+        z, x_T = self._latents([image_a, image_b], invert, **options)  # [2, D], [2, 3, S, S] or None
+        if x_T is None:  # one random x_T, drawn on the CPU
+            x_T = torch.randn((1, 3, self.image_size, self.image_size), generator=fixed).expand(2, -1, -1, -1)
+        rows = lambda r, _: (slerp(z[:1], z[1:], theta[r]), None, None, slerp(x_T[:1], x_T[1:], theta[r]))
+        return self._decode(rows, range(seed, seed + steps), 0.0, fixed, **options)
 
-    @torch.no_grad()
-    def interpolate(self, image_a, image_b, steps=5, seed=0, invert=False, **options) -> dict:
-        """[unCLIP] Sec. 3.2: frames decode z_θ = slerp(z_a, z_b, θ), θ evenly spaced in [0, 1],
-        with DDIM η = 0 from one x_T: a random one, the same for every frame, or with invert=True
-        slerp(x_T(a), x_T(b), θ) of the DDIM-inverted latents, so the end frames reconstruct."""
-        if steps < 2:
-            raise ValueError(f"an interpolation needs at least 2 frames, got steps={steps}")
-        x = torch.cat([self._image(image_a), self._image(image_b)])  # [2, 3, S, S]
-        z = self._embed(x)  # [2, D]
-        theta, generator = torch.linspace(0, 1, steps), torch.Generator().manual_seed(seed)
-        if invert:
-            noise = slerp(*self._invert(x, z, **options).split(1), theta)  # [steps, 3, S, S]
-        else:
-            noise = torch.randn((1, *x.shape[1:]), generator=generator).expand(steps, -1, -1, -1)
-        z_theta = slerp(z[:1], z[1:], theta)  # [steps, D]
-        return self._decode(z_theta, generator, noise, 0.0, fixed_noise=True, **options)
-
-    @torch.no_grad()
     def text_diff(self, image, old_caption, new_caption, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-                  seed=0, **options) -> dict:
-        """[unCLIP] Sec. 3.3: z_d = norm(z_t(new) - z_t(old)); frame θ decodes slerp(z_i, z_d, θ)
-        with DDIM η = 0 from the image's DDIM-inverted x_T, fixed across frames, so θ = 0
-        reconstructs the image. The seed fixes the upsamplers' noise."""
-        x = self._image(image)
-        z_i = self._embed(x)  # [1, D]
-        z_t = self.clip.encode_text([old_caption, new_caption])[0]  # [2, D]
+                  seed=0, **options):
+        """[unCLIP] Sec. 3.3: z_d = norm(z_t(new) - z_t(old)); frame θ decodes slerp(z_i, z_d, θ) with
+        DDIM η = 0 from the image's x_T, so θ = 0 reconstructs it. The seed fixes the upsamplers' noise.
+        -> generate's dict."""
+        z_i, x_T = self._latents([image], True, **options)
+        with self._autocast(**options):
+            z_t = self.clip.encode_text([old_caption, new_caption])[0]  # [2, D]
         if (z_t[1] - z_t[0]).norm() < 1e-6:
             raise ValueError(f"{old_caption!r} and {new_caption!r} have the same z_t: a text diff "
                              "needs two captions that CLIP tells apart")
-        z_d = F.normalize(z_t[1:] - z_t[:1], dim=-1)
-        z_theta = slerp(z_i, z_d, torch.as_tensor(thetas))  # [K, D]
-        noise = self._invert(x, z_i, **options).expand(len(z_theta), -1, -1, -1)
-        generator = torch.Generator().manual_seed(seed)
-        return self._decode(z_theta, generator, noise, 0.0, fixed_noise=True, **options)
+        z_theta = slerp(z_i, F.normalize(z_t[1:] - z_t[:1], dim=-1), torch.as_tensor(thetas))  # [K, D]
+        rows = lambda r, g: (z_theta[r], None, None, x_T.expand(len(g), -1, -1, -1))
+        fixed = torch.Generator().manual_seed(seed)
+        return self._decode(rows, range(seed, seed + len(z_theta)), 0.0, fixed, **options)
 
 
-def save_pipeline(path, clip, prior=None, decoder=None, upsamplers=()) -> None:
-    """One file with every stage of an UnCLIP, or of the parts (clip a FrozenCLIP, or a CLIP trained with
-    ByteTokenizer): {"format": 1, "clip", "tokenizer", "prior" (+ "kind": "diffusion" | "ar"; absent if
-    None), "decoder", "upsamplers": [...]}, each a {"config", "state_dict"}; atomic (path.tmp, renamed)."""
-    if isinstance(clip, UnCLIP):
-        clip, prior, decoder, upsamplers = clip.clip, clip.prior, clip.decoder, clip.upsamplers
-    if isinstance(clip, CLIP):  # a bare toy CLIP: the byte tokenizer of its context length
-        model, tokenizer, kind = clip, ByteTokenizer(clip.config.context_length), "toy"
-    else:
-        model, tokenizer, kind = clip.model, clip.tokenizer, clip.kind
-    if decoder is None or not isinstance(tokenizer, ByteTokenizer):
-        raise ValueError("save_pipeline needs a decoder, and a CLIP with the ByteTokenizer")
+def save_pipeline(path, pipe: UnCLIP) -> None:
+    """One file with every stage of pipe: {"format": 1, "clip", "tokenizer", "prior" (with "kind":
+    "diffusion" | "ar"; absent if None), "decoder", "upsamplers": [...]}, each a {"config", "state_dict"};
+    written to path.tmp and renamed, so a crash never leaves half a file."""
+    tok = pipe.clip.tokenizer
+    if not isinstance(tok, ByteTokenizer):
+        raise ValueError("save_pipeline needs a CLIP with the ByteTokenizer")
     entry = lambda m, **extra: {"config": asdict(m.config if isinstance(m, CLIP) else m.cfg),
                                 "state_dict": m.state_dict(), **extra}  # CLIP keeps OpenAI's name
-    ckpt = {"format": FORMAT, "clip": entry(model, kind=kind),
-            "tokenizer": {"kind": "byte", "context_length": tokenizer.context_length,
-                          "truncate": tokenizer.truncate},
-            "decoder": entry(decoder), "upsamplers": [entry(up) for up in upsamplers]}
-    if prior is not None:
-        ckpt["prior"] = entry(prior, kind="ar" if isinstance(prior, ARPrior) else "diffusion")
+    ckpt = {"format": FORMAT, "clip": entry(pipe.clip.model, kind=pipe.clip.kind),
+            "tokenizer": {"kind": "byte", "context_length": tok.context_length, "truncate": tok.truncate},
+            "decoder": entry(pipe.decoder), "upsamplers": [entry(up) for up in pipe.upsamplers]}
+    if pipe.prior is not None:
+        ckpt["prior"] = entry(pipe.prior, kind="ar" if isinstance(pipe.prior, ARPrior) else "diffusion")
     torch.save(ckpt, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
+
 
 
 def _read(path) -> dict:
@@ -333,11 +343,12 @@ def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
 
 EXAMPLES = """examples:
   python unclip.py "a red circle in the top left" --checkpoint runs/toy/unclip.pt --n 8
-  python unclip.py "a red circle" --embedding text             # zero-shot: decode z_t, no prior
-  python unclip.py --variations photo.png --n 6 --out variations.png
-  python unclip.py --interpolate a.png b.png --n 8 --invert --out interpolation.png
+  python unclip.py --variations photo.png --n 6 --out variations.png  # --no-invert: from random x_T
+  python unclip.py --interpolate a.png b.png --n 8 --out interpolation.png
   python unclip.py --text-diff a.png "a red circle" "a blue circle" --n 6 --out diff.png
-A user error (bad caption, image or checkpoint) prints a message and exits with status 2."""
+  python unclip.py "a red circle" --n 10000 --stage decoder --out-dir samples/  # every image a PNG
+A user error (bad flag value, caption, image or checkpoint) prints a message and exits with status 2."""
+GRID = 32  # the grid shows at most this many images of a caption (or an edit), evenly spaced
 
 
 def read_image(path: str, size: int) -> torch.Tensor:
@@ -347,56 +358,85 @@ def read_image(path: str, size: int) -> torch.Tensor:
         image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    (w, h), side = image.size, min(image.size)
-    changes = ((image.mode != "RGB", f"converted from mode {image.mode} to RGB"),
-               (w != h, f"center-cropped {w}x{h} to {side}x{side}"),
-               (side != size, f"resized to {size}x{size}, the decoder's resolution"))
-    notes = [note for changed, note in changes if changed]
-    if notes:
-        print(f"note: {path}: {'; '.join(notes)}", file=sys.stderr)
+    if image.mode != "RGB" or image.size != (size, size):  # size: the decoder's
+        print(f"note: {path}: mode {image.mode}, {image.width}x{image.height}: center-cropped and resized to "
+              f"{size}x{size} as RGB", file=sys.stderr)
     image = ImageOps.fit(image.convert("RGB"), (size, size), Image.BICUBIC)  # center crop, resize
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
 
 
-def progress_printer():
-    """progress(stage, step, steps) printing about four lines per stage, with its rate, on stderr."""
-    start = last = time.perf_counter()
+def progress_printer(total: int):
+    """-> (progress, done) printing on stderr: progress(stage, step, steps) about four lines per stage of
+    the first micro-batch, with its rate; done(k) after each micro-batch of k images, about ten lines in
+    all, with the time spent, per image and left."""
+    clock = dict(begin=time.perf_counter(), made=0)
+    clock.update(start=clock["begin"], last=clock["begin"])
 
-    def progress(stage, i, n):
-        nonlocal start, last
-        if i == 1:  # a stage begins where the previous report ended
-            start = last
-        last = time.perf_counter()
-        if i == n or i % max(1, n // 4) == 0:
-            print(f"{stage} step {i}/{n} {i / max(last - start, 1e-9):.1f} it/s", file=sys.stderr, flush=True)
-    return progress
+    def progress(stage, i, n):  # a stage starts at the previous report
+        clock.update(start=clock["last"] if i == 1 else clock["start"], last=time.perf_counter())
+        if not clock["made"] and (i == n or i % max(1, n // 4) == 0):
+            rate = i / max(clock["last"] - clock["start"], 1e-9)
+            print(f"{stage} step {i}/{n} {rate:.1f} it/s", file=sys.stderr, flush=True)
+
+    def done(k):
+        made, spent = clock["made"] + k, time.perf_counter() - clock["begin"]
+        if made == total or made * 10 // total > clock["made"] * 10 // total:
+            print(f"{made}/{total} images, {spent:.1f} s ({spent / made:.3f} s per image), about "
+                  f"{spent / made * (total - made):.0f} s left", file=sys.stderr, flush=True)
+        clock["made"] = made
+    return progress, done
+
+
+def check_args(args) -> None:
+    """Every flag that needs no checkpoint, before anything loads: a ValueError naming it."""
+    counts = [("--n", args.n), ("--steps", args.steps), ("--prior-steps", args.prior_steps), ("--batch-size",
+              args.batch_size), *[("--upsampler-steps", s) for s in args.upsampler_steps or ()]]
+    for flag, value in counts:
+        need(flag, value, 2 if flag == "--n" and args.interpolate else 1)
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2^63), got {args.seed}")
+    if not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance must be a finite number, e.g. 3, got {args.guidance}")
+    if args.eta is not None and not 0 <= args.eta <= 1:  # NaN fails the comparison too
+        raise ValueError(f"--eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {args.eta}")
+    if bool(args.captions) == bool(args.variations or args.interpolate or args.text_diff):
+        raise ValueError('give a caption, e.g. "a red circle", or one of --variations, --interpolate '
+                         "and --text-diff, not both (see --help)")
+    if args.out_dir and os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir} is not empty: give a new or empty folder")
+    if not all(caption.strip() for caption in args.captions + (args.text_diff[1:] if args.text_diff else [])):
+        raise ValueError('empty caption: give some text, e.g. "a red circle in the top left"')
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Sample unCLIP: text -> image, and the applications of "
-                                "[unCLIP] Sec. 3.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description="Sample unCLIP: text -> image and the [unCLIP] Sec. 3 edits",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("captions", nargs="*", help="caption(s) to draw, one grid row each")
-    p.add_argument("--checkpoint", default="runs/toy/unclip.pt",
-                   help="unclip.pt, or a folder of per-stage files (default: %(default)s)")
+    p.add_argument("--checkpoint", default="runs/toy/unclip.pt", help="unclip.pt, or a folder of stage files")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--variations", metavar="IMAGE", help="variations of an image (Sec. 3.1)")
     mode.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="A to B (Sec. 3.2)")
-    mode.add_argument("--text-diff", nargs=3, metavar=("IMAGE", "OLD", "NEW"),
-                      help="move IMAGE along z_t(NEW) - z_t(OLD), θ from 0 to 0.5 (Sec. 3.3)")
+    mode.add_argument("--text-diff", nargs=3, metavar=("IMAGE", "OLD", "NEW"), help="IMAGE along z_t(NEW) - "
+                      "z_t(OLD), θ from 0 to 0.5 (Sec. 3.3)")
     p.add_argument("--n", type=int, default=8, help="images per caption, or frames (default 8)")
-    p.add_argument("--out", default="out.png", help="grid PNG to write (default out.png)")
+    p.add_argument("--out", default="out.png", help=f"grid PNG, at most {GRID} images per caption or edit")
+    p.add_argument("--out-dir", help="also each image as it is made, into a new folder (K_J.png: caption K)")
+    p.add_argument("--batch-size", type=int, default=BATCH, help=f"images at once (default {BATCH}): memory "
+                   "grows with it, not with --n; the images do not depend on it")
     p.add_argument("--seed", type=int, default=0, help="image j of caption k uses seed + 10000 k + j")
     p.add_argument("--prior-steps", type=int, default=64)
     p.add_argument("--steps", type=int, default=50, help="decoder steps (default 50)")
     p.add_argument("--upsampler-steps", type=int, nargs="+", help="one value, or one per stage")
     p.add_argument("--guidance", type=float, default=3.0, help="decoder guidance (default 3)")
-    p.add_argument("--eta", type=float, help="decoder DDIM η (default ancestral; variations 1)")
+    p.add_argument("--eta", type=float, help="decoder DDIM η in [0, 1] (default ancestral; variations 1)")
     p.add_argument("--stage", default="all", choices=("all", *STAGES[1:]), help="last stage to run")
-    p.add_argument("--embedding", default="prior", choices=("prior", "text", "none"),
-                   help="z_i from the prior, z_t itself (zero-shot), or none (caption only)")
-    p.add_argument("--invert", action="store_true", help="start from DDIM-inverted x_T")
+    p.add_argument("--embedding", default="prior", choices=("prior", "text", "none"), help="z_i from the "
+                   "prior, z_t itself (zero-shot), or none (caption only)")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=True,
+                   help="variations and interpolations from the DDIM-inverted x_T (default) or a random one")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the networks' (auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     p.add_argument("--strict", action="store_true", help="an over-long caption is an error")
     try:
         run(p.parse_args(argv))
@@ -407,51 +447,57 @@ def main(argv=None) -> int:
 
 
 def run(args) -> None:
-    n, edit = args.n, args.variations or args.interpolate or args.text_diff
-    if n < (2 if args.interpolate else 1):
-        raise ValueError(f"--n must be at least {2 if args.interpolate else 1}, got {n}")
-    if bool(args.captions) == bool(edit):
-        raise ValueError('give a caption, e.g. "a red circle", or one of --variations, --interpolate '
-                         "and --text-diff, not both (see --help)")
+    """Sample as the flags say: each image to --out-dir as its micro-batch arrives, then the grid."""
+    check_args(args)
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     device = {"auto": "cuda" if cuda else "mps" if mps else "cpu"}.get(args.device, args.device)
     if not {"cpu": True, "cuda": cuda, "mps": mps}[device]:
         raise ValueError(f"--device {device} is not available here; use cpu or auto")
     load = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
-    pipe, steps = load(args.checkpoint, device), args.upsampler_steps
-    options = dict(seed=args.seed, decoder_steps=args.steps, decoder_guidance=args.guidance,
-                   upsampler_steps=steps[0] if steps and len(steps) == 1 else steps,
-                   stages=args.stage, progress=progress_printer())
+    pipe, n, steps = load(args.checkpoint, device), args.n, args.upsampler_steps
+    tokenizer = pipe.clip.tokenizer
     for caption in args.captions + (args.text_diff[1:] if args.text_diff else []):
-        if not caption.strip():
-            raise ValueError('empty caption: give some text, e.g. "a red circle in the top left"')
-        needed, L = len(pipe.clip.tokenizer.encode(caption)) + 2, pipe.clip.tokenizer.context_length
+        needed, L = len(tokenizer.encode(caption)) + 2, tokenizer.context_length
         if needed > L:  # (start and end tokens count) truncated: a warning, or with --strict an error
             message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
             if args.strict:
                 raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
             print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
-    read = lambda path: read_image(path, pipe.image_size)  # input images: the decoder's size
+    progress, done = progress_printer(n * max(1, len(args.captions)))
+    options = dict(seed=args.seed, decoder_steps=args.steps, decoder_guidance=args.guidance,
+                   upsampler_steps=steps[0] if steps and len(steps) == 1 else steps, stages=args.stage,
+                   progress=progress, batch_size=args.batch_size, stream=True, precision=args.precision)
+    read = lambda path: read_image(path, pipe.image_size)
+    shown = [read(args.variations or args.text_diff[0])] if args.variations or args.text_diff else []
+    thetas = torch.linspace(0, 0.5 if args.text_diff else 1, n).tolist()
     if args.variations:
-        x, eta = read(args.variations), 1.0 if args.eta is None else args.eta
-        out = pipe.variations(x, n, eta, invert=args.invert, **options)
-        shown, labels = [x], ["input"] + [f"variation {j + 1}" for j in range(n)]
+        eta = 1.0 if args.eta is None else args.eta
+        batches = pipe.variations(shown[0], n, eta, invert=args.invert, **options)
     elif args.interpolate:
-        out = pipe.interpolate(*map(read, args.interpolate), n, invert=args.invert, **options)
-        shown, labels = [], [f"theta {t:.2f}" for t in torch.linspace(0, 1, n).tolist()]
+        batches = pipe.interpolate(*map(read, args.interpolate), n, invert=args.invert, **options)
     elif args.text_diff:
-        x, thetas = read(args.text_diff[0]), torch.linspace(0, 0.5, n).tolist()
-        out = pipe.text_diff(x, *args.text_diff[1:], thetas, **options)
-        shown, labels = [x], ["input"] + [f"theta {t:.2f}" for t in thetas]
+        batches = pipe.text_diff(shown[0], *args.text_diff[1:], thetas, **options)
     else:
-        out = pipe.generate(args.captions, n, prior_steps=args.prior_steps, eta=args.eta,
-                            embedding=args.embedding, **options)
-        shown, labels = [], [c if j == 0 else "" for c in args.captions for j in range(n)]
-    images = out["images"][-1].cpu()
-    size = images.shape[-1]
-    tiles = torch.cat([*(F.interpolate(x, size=(size, size)) for x in shown), images])
-    save_grid(list(tiles), labels, args.out, ncol=len(tiles) if shown else n)
-    print(f"wrote {args.out}: {len(images)} images of {size}x{size}", file=sys.stderr)
+        batches = pipe.generate(args.captions, n, prior_steps=args.prior_steps, eta=args.eta,
+                                embedding=args.embedding, **options)
+    keep = set(torch.linspace(0, n - 1, min(n, GRID)).round().long().tolist())  # the grid's columns
+    os.makedirs(args.out_dir or ".", exist_ok=True)
+    tiles, labels, row = [], [], 0
+    for images in (out["images"][-1].cpu() for out in batches):
+        for image in images:  # only the grid's images stay in memory
+            (k, j), name = divmod(row, n), f"{row // n}_{row % n}.png" if args.captions else f"{row}.png"
+            if args.out_dir:
+                to_pil(image[None])[0].save(os.path.join(args.out_dir, name))
+            if j in keep:
+                labels.append((args.captions[k] if j == 0 else "") if args.captions else
+                              f"variation {j + 1}" if args.variations else f"theta {thetas[j]:.2f}")
+                tiles.append(image)
+            row += 1
+        done(len(images))
+    tiles = [F.interpolate(x, size=tiles[-1].shape[-2:])[0] for x in shown] + tiles
+    save_grid(tiles, ["input"] * len(shown) + labels, args.out, ncol=len(tiles) if shown else len(keep))
+    kept = f"; all in {args.out_dir}" if args.out_dir else ""
+    print(f"wrote {args.out}: {len(tiles)} of {row} images{kept}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -169,41 +169,121 @@ def test_stage_errors_and_progress(pipe):
 
 
 # ------------------------------------------------------------------ applications
-def test_variations(pipe, image):
+TOL = 0.02  # an exact reconstruction's float32 error: x_T's rounding times 1/√ᾱ_T ≈ 2e4 at the first step
+
+
+@pytest.fixture(scope="module")
+def exact():
+    """The pipeline with a decoder blind to x_t and t (the input convolution's image weights and the
+    timestep embedding's first layer zeroed): ε̂ is one constant c per z_i and guidance. DDIM
+    inversion [DDIM] Sec. 4.3 is approximate only because it evaluates ε̂ at x_{t-1} where sampling
+    evaluates it at x_t; with a constant ε̂ every level of both is x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) c, so
+    DDIM with η = 0 from the inverted x_T gives x_0 back up to float rounding, and its x̂_0 = x_0
+    stays inside the sampler's [-1, 1] clip. The first sampling step multiplies any difference in ε̂
+    by 1/√ᾱ_T ≈ 2e4, so a reconstruction is decoded in a batch of the inversion's shape (another
+    batch shape changes the kernels' rounding by ~1e-6, and the result by ~0.3). A wrong x_T, η, z_i
+    or guidance moves the result by about 1; a wrong step count does not show (every level is
+    exact). A random-weight decoder that reads x_t inverts badly at any number of steps a unit test
+    can afford."""
+    clip, prior, decoder, ups = parts()
+    with torch.no_grad():
+        decoder.net.input_conv.weight[:, :3] = 0
+        decoder.net.time_embed[0].weight.zero_()
+    return UnCLIP(clip, prior, decoder, ups)
+
+
+def pair():
+    g = torch.Generator().manual_seed(9)
+    return torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+
+
+def test_variations_eta_zero_reconstructs_the_input(exact, pipe, image):
+    # [unCLIP] Sec. 3.1: x_T is the DDIM inversion by default, so η -> 0 gives the image back (one
+    # variation: decoded in a batch shaped as the inversion's)
+    error = lambda **kw: (exact.variations(image, n=1, **{**FAST, "stages": "decoder", **kw})["decoder"]
+                          - image).abs().max()
+    assert error(eta=0.0) < TOL
+    assert error(eta=0.0, decoder_guidance=1.0) < TOL and error(eta=0.0, decoder_steps=4) < TOL
+    assert error(eta=0.0, invert=False) > 0.5  # a random x_T: not the image
+    assert error(eta=1.0) > 0.5  # η > 0: variations
     out = pipe.variations(image, n=3, eta=1.0, seed=0, **FAST)
-    z_i = pipe._embed(pipe._image(image))
-    assert torch.allclose(out["z_i"], z_i.expand(3, -1))
+    assert torch.allclose(out["z_i"], pipe._latents([image], invert=False)[0].expand(3, -1))
     assert out["up2"].shape == (3, 3, 32, 32)
     assert not torch.allclose(out["decoder"][0], out["decoder"][1], atol=1e-3)
-    recon = pipe.variations(image, n=2, eta=0.0, invert=True, stages="decoder", **FAST)
-    assert torch.allclose(recon["decoder"][0], recon["decoder"][1])  # η = 0: deterministic
 
 
-def test_interpolate(pipe, image):
-    g = torch.Generator().manual_seed(9)
-    other = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
-    out = pipe.interpolate(image, other, steps=4, seed=0, **FAST)
-    z = pipe._embed(torch.cat([pipe._image(image), pipe._image(other)]))
-    assert torch.allclose(out["z_i"][0], z[0], atol=1e-5)
-    assert torch.allclose(out["z_i"][-1], z[1], atol=1e-5)
+def test_interpolate_end_frames_reconstruct_the_inputs(exact, pipe):
+    a, b = pair()
+    ends = exact.interpolate(a, b, steps=2, stages="decoder", **FAST)["decoder"]  # one batch, as [a, b]'s
+    assert (ends[0] - a).abs().max() < TOL and (ends[1] - b).abs().max() < TOL
+    middle = exact.interpolate(a, b, steps=3, stages="decoder", **FAST)["decoder"][1]
+    assert (middle - a).abs().max() > 0.5 and (middle - b).abs().max() > 0.5
+    fixed = exact.interpolate(a, b, steps=2, invert=False, stages="decoder", **FAST)["decoder"]
+    assert (fixed[0] - a).abs().max() > 0.5  # one random x_T: the ends are no longer the images
+    out = pipe.interpolate(a, b, steps=4, seed=0, **FAST)
+    z = pipe._latents([a, b], invert=False)[0]
+    assert torch.allclose(out["z_i"][[0, -1]], z, atol=1e-5)
     assert torch.allclose(out["z_i"].norm(dim=-1), torch.ones(4), atol=1e-5)
     assert out["up2"].shape == (4, 3, 32, 32)
-    inverted = pipe.interpolate(image, other, steps=3, invert=True, stages="decoder", **FAST)
-    recon = pipe.variations(image, n=1, eta=0.0, invert=True, stages="decoder", **FAST)
-    assert torch.allclose(inverted["decoder"][0], recon["decoder"][0], atol=1e-4)  # batch of 2
+    with pytest.raises(ValueError, match="steps must be at least 2"):
+        pipe.interpolate(a, b, steps=1, **FAST)
 
 
-def test_text_diff_theta_zero_is_the_reconstruction(pipe, image):
-    out = pipe.text_diff(image, "a red circle", "a blue circle", thetas=[0.0, 0.5], seed=3, **FAST)
-    recon = pipe.variations(image, n=1, eta=0.0, invert=True, seed=3, stages="decoder", **FAST)
-    assert torch.allclose(out["decoder"][0], recon["decoder"][0], atol=1e-5)
-    assert not torch.allclose(out["decoder"][1], recon["decoder"][0], atol=1e-3)
+def test_text_diff_theta_zero_reconstructs_the_input(exact, pipe, image):
+    frame = lambda theta: exact.text_diff(image, "a red circle", "a blue circle", thetas=[theta], seed=3,
+                                          stages="decoder", **FAST)["decoder"][0]
+    assert (frame(0.0) - image).abs().max() < TOL and (frame(0.5) - image).abs().max() > 0.5
     z_t = pipe.clip.encode_text(["a red circle", "a blue circle"])[0]
     z_d = F.normalize(z_t[1] - z_t[0], dim=0)
-    z_i = pipe._embed(pipe._image(image))[0]
+    z_i = pipe._latents([image], invert=False)[0][0]
+    out = pipe.text_diff(image, "a red circle", "a blue circle", thetas=[0.0, 0.5], seed=3, **FAST)
     assert torch.allclose(out["z_i"][1], slerp(z_i, z_d, 0.5), atol=1e-5)
     with pytest.raises(ValueError, match="same z_t"):
         pipe.text_diff(image, "a red circle", "a red circle", **FAST)
+
+
+def test_batch_size_changes_nothing_and_stream_yields_micro_batches(pipe, image):
+    a, b = pair()
+    runs = {
+        "generate": lambda **kw: pipe.generate("a red circle", 5, seed=2, **GEN, **kw),
+        "variations": lambda **kw: pipe.variations(image, n=5, seed=2, **FAST, **kw),
+        "interpolate": lambda **kw: pipe.interpolate(a, b, steps=5, seed=2, **FAST, **kw),
+    }
+    ones = {}
+    for name, sample in runs.items():  # every row draws its noise from its own generator
+        one = ones[name] = sample(batch_size=1)
+        three = sample(batch_size=3)
+        for key in ("z_i", "decoder", "up1", "up2"):
+            # equal up to float rounding (batch shape changes kernel order); shared noise moves them by ~1
+            assert torch.allclose(one[key], three[key], atol=1e-4), (name, key)
+        assert not torch.allclose(one["decoder"][0], one["decoder"][-1], atol=1e-2), name
+    batches = list(pipe.generate("a red circle", 5, seed=2, stream=True, batch_size=2, **GEN))
+    assert [len(out["up2"]) for out in batches] == [2, 2, 1]
+    assert [x.shape[-1] for x in batches[0]["images"]] == [8, 16, 32]
+    assert torch.allclose(torch.cat([out["up2"] for out in batches]), ones["generate"]["up2"], atol=1e-4)
+    for bad in (0, 2.0, None, True):
+        with pytest.raises(ValueError, match="batch_size must be at least 1"):
+            pipe.generate("a red circle", batch_size=bad, **GEN)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pipe.variations(image, precision="fp16", **FAST)
+
+
+def test_precision_option_runs_the_networks_under_autocast(pipe, monkeypatch):
+    seen = []
+    forward = type(pipe.decoder.net).forward
+    monkeypatch.setattr(type(pipe.decoder.net), "forward", lambda self, *a, **kw: (
+        seen.append(torch.is_autocast_enabled("cpu")), forward(self, *a, **kw))[1])
+    options = dict(stages="decoder", embedding="text", **GEN)
+    fp32 = pipe.generate("a red circle", precision="fp32", **options)["decoder"]
+    assert seen and not any(seen)
+    seen.clear()
+    bf16 = pipe.generate("a red circle", precision="bf16", **options)["decoder"]
+    assert seen and all(seen) and not torch.is_autocast_enabled("cpu")  # left after the call
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # bf16 matmuls: other rounding
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # precision=None: the caller's autocast holds
+        pipe.generate("a red circle", **options)
+    assert seen and all(seen)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -224,7 +304,7 @@ def test_one_file_checkpoint_round_trip(tmp_path, pipe):
 
 def test_ar_prior_and_parts_round_trip(tmp_path):
     clip, prior, decoder, ups = parts(seed=2, ar=True)
-    save_pipeline(tmp_path / "ar.pt", clip.model, prior, decoder, ups[:1])
+    save_pipeline(tmp_path / "ar.pt", UnCLIP(clip, prior, decoder, ups[:1]))
     loaded = load_pipeline(tmp_path / "ar.pt")
     assert isinstance(loaded.prior, ARPrior) and loaded.stages == ["prior", "decoder", "up1"]
     a = UnCLIP(clip, prior, decoder, ups[:1]).generate(["a cross"], seed=1, candidates=1, **GEN)
@@ -373,3 +453,56 @@ def test_cli_tolerated_input_notes(files, capsys, monkeypatch):
     assert "prior step 2/2" in err and "decoder step 2/2" in err and "up1" not in err
     code, err = cli(files, capsys, "--variations", "odd.png", "--n", "1", "--stage", "decoder")
     assert code == 0 and "mode RGBA" in err and "13x7" in err and "resized to 8x8" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "inf"], "--guidance must be a finite number"),
+    (["--guidance=-inf"], "--guidance must be a finite number"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "-3"], "--steps must be at least 1"),
+    (["--prior-steps", "0"], "--prior-steps must be at least 1"),
+    (["--upsampler-steps", "2", "0"], "--upsampler-steps must be at least 1"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--n", "-1"], "--n must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "-8"], "--batch-size must be at least 1"),
+    (["--eta", "nan"], "--eta must be in [0, 1]"),
+    (["--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["--seed", "-1"], "--seed must be in [0, 2^63)"),
+])
+def test_cli_numeric_flags_are_checked_up_front(files, capsys, args, message):
+    # the checkpoint does not exist: the flag is refused before anything loads
+    code, err = cli(files, capsys, "a red circle", *args, "--checkpoint", str(files / "none.pt"))
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert "train one with" not in err
+
+
+def test_cli_out_dir_batches_and_bounded_grid(files, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(unclip, "GRID", 2)  # the grid keeps 2 of each caption's images
+    grid, out = tmp_path / "grid.png", tmp_path / "all"
+    args = ["a red circle", "a blue square", "--n", "3", "--stage", "decoder", "--out", str(grid)]
+    code, err = cli(files, capsys, *args, "--out-dir", str(out), "--batch-size", "2")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == [f"{k}_{j}.png" for k in range(2) for j in range(3)]
+    assert "6/6 images" in err and "s per image" in err and "s left" in err and "2 per row" not in err
+    assert 2 * 128 <= Image.open(grid).width < 3 * 128  # tiles enlarged to 128 px: 2 columns, not 3
+    code, err = cli(files, capsys, *args, "--out-dir", str(tmp_path / "one"), "--batch-size", "6")
+    for name in os.listdir(out):  # each image its own seed: the batch size changes no pixel beyond rounding
+        a, b = (np.asarray(Image.open(d / name), dtype=int) for d in (out, tmp_path / "one"))
+        assert np.abs(a - b).max() <= 1, name
+    code, err = cli(files, capsys, *args, "--out-dir", str(out))  # nothing already written is lost
+    assert code == 2 and "is not empty" in err and len(os.listdir(out)) == 6
+
+
+def test_cli_variations_invert_and_precision(files, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(files)
+    calls = []
+    variations = UnCLIP.variations
+    monkeypatch.setattr(UnCLIP, "variations", lambda self, *a, **kw: (calls.append(kw), variations(
+        self, *a, **kw))[1])
+    for flags in ([], ["--no-invert", "--precision", "fp32"]):
+        code, err = cli(files, capsys, "--variations", "a.png", "--n", "1", "--stage", "decoder",
+                        "--out", str(tmp_path / "v.png"), *flags)
+        assert code == 0, err
+    assert [(kw["invert"], kw["precision"]) for kw in calls] == [(True, "auto"), (False, "fp32")]
