@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -300,7 +301,12 @@ def check_folder(out: Path, trained: list, args, rank: int) -> None:
         raise SystemExit(f"{out} already holds {', '.join(found)}. Pass --resume to continue that run (a "
                          "finished stage is kept, a stopped one goes on from its last checkpoint), "
                          "--overwrite to train the stages in --stages afresh, or --out for another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or missing disk fails here, not after the first stage
+        out.mkdir(parents=True, exist_ok=True)
+        (probe := out / f".write_test{rank}").write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
     if args.overwrite and rank == 0:  # stale files would pass for this run's if it stopped early
         for name in ("report.json", "unclip.pt", *trained):
             (out / name).unlink(missing_ok=True)
@@ -337,14 +343,28 @@ class LossOf(nn.Sequential):  # LossOf(model)(*a) = model.loss(*a), a call Distr
         return self[0].loss(*args)
 
 
-def save_atomic(obj, path: Path) -> None:  # write aside, then rename: never a half-written file
-    torch.save(obj, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
+def guarded(path: Path, save) -> None:
+    """save() writes path.tmp and renames it to path: never a half-written file. If the write fails (a
+    full disk) the partial file goes, path keeps what it held, and the error says what to do."""
+    try:
+        save()
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        Path(f"{path}.tmp").unlink(missing_ok=True)
+        free = shutil.disk_usage(Path(path).parent).free / 2**20
+        raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:160]}; {free:.0f} MiB free there). "
+                      "The files written before are kept: make room, then run again with --resume") from None
+
+
+def save_atomic(obj, path: Path) -> None:
+    guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), os.replace(f"{path}.tmp", path)))
 
 
 def save_atomic_text(path: Path, text: str) -> None:
-    Path(f"{path}.tmp").write_text(text)
-    os.replace(f"{path}.tmp", path)
+    guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))
+
+
+def rng_state(device) -> list:  # the generators a loss draws from: the CPU's, and the GPU's on CUDA
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
 def autocast_network(module: nn.Module, device, precision: str) -> list:
@@ -379,7 +399,11 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
         model.load_state_dict(ck["train"]["model"])
         opt.load_state_dict(ck["train"]["opt"])
         start, history = ck["train"]["step"], ck["train"]["history"]
-        torch.set_rng_state(ck["train"]["rng"])
+        rngs = ck["train"]["rng"]  # one state list per process (a file of older code: the CPU state)
+        state = rngs[run["rank"] % len(rngs)] if isinstance(rngs, list) else [rngs]
+        torch.set_rng_state(state[0].cpu())
+        if device.type == "cuda" and len(state) > 1:
+            torch.cuda.set_rng_state(state[1].cpu(), device)
         run["log"](f"{name}: resumed at step {start}/{opt_cfg.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run["world"] > 1 else LossOf(model)
     amp = diffusion.autocast(device, cfg.precision)
@@ -415,10 +439,13 @@ def train_stage(name: str, model: nn.Module, batch_fn, opt_cfg: Optim, cfg: Conf
             run["log"](f"{name} step {step + 1}/{opt_cfg.steps} loss {sum(values) / len(values):.4f} "
                        f"lr {lr:.1e} {rate:.0f} ex/s eta {eta / 60:.1f} min")
             pending, clock = [], time.perf_counter()
+            rngs = [rng_state(device)] * run["world"]
+            if save and run["world"] > 1:  # each process draws its own noise: keep every one's state
+                torch.distributed.all_gather_object(rngs, rng_state(device))
             if save and run["rank"] == 0:
                 save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
                              "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                                       "history": history, "rng": torch.get_rng_state()}}, path)
+                                       "history": history, "rng": rngs}}, path)
                 with amp:
                     run["preview"](name, ema, step + 1)
     for hook in hooks:
@@ -486,7 +513,7 @@ def main(argv=None) -> dict:
         train_clip(model, tokenizer, batches(), oc.steps, lr=oc.lr, device=device,
                    log_every=cfg.log_every, log=log_eta)
         if rank == 0:
-            save_clip(model, out / "clip.pt")
+            guarded(out / "clip.pt", lambda: save_clip(model, out / "clip.pt"))
         if world > 1:  # every process reads the CLIP process 0 saved
             torch.distributed.barrier()
         times["clip"] = time.perf_counter() - clock
@@ -565,7 +592,7 @@ def main(argv=None) -> dict:
         log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
     elif rank == 0:
         pipe = unclip.from_stage_checkpoints(out, device=device, prior_kind=cfg.prior_kind)
-        unclip.save_pipeline(out / "unclip.pt", pipe)
+        guarded(out / "unclip.pt", lambda: unclip.save_pipeline(out / "unclip.pt", pipe))
         clock = time.perf_counter()
         report = evaluate(cfg, pipe, clip, z_bank, data, out, log)
         times["eval"] = time.perf_counter() - clock
@@ -653,6 +680,6 @@ def write_report(report: dict, out: Path, log) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except FloatingPointError as e:
+    except (FloatingPointError, OSError) as e:  # a diverged loss, a full or read-only disk
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

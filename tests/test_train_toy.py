@@ -251,6 +251,33 @@ def test_an_unknown_precision_is_refused_naming_the_flag(tmp_path):
         train_toy.main(TINY + ["--out", str(tmp_path), "--precision", "fp16"])
 
 
+def test_an_unwritable_folder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")  # root ignores permissions; nothing can be made under a file
+    with pytest.raises(SystemExit, match="cannot write to .*a_file/run .*pass --out a writable folder"):
+        train_toy.main(TINY + ["--out", str(tmp_path / "a_file" / "run")])
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(finished_run, tmp_path, monkeypatch):
+    shutil.copy(finished_run[0] / "clip.pt", tmp_path / "clip.pt")
+    real_save, saves = torch.save, []
+
+    def disk_fills_at_the_second_checkpoint(obj, f, *a, **k):
+        saves.append(str(f))
+        if len(saves) == 2:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed "
+                               "writing file data/12: file write failed")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(train_toy.torch, "save", disk_fills_at_the_second_checkpoint)
+    with pytest.raises(OSError, match=r"cannot write .*decoder\.pt \(.*file write failed; \d+ MiB free "
+                                      r"there\)\. The files written before are kept"):
+        train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--resume"])
+    assert saves == [str(tmp_path / "decoder.pt.tmp")] * 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["clip.pt", "decoder.pt"]
+    assert torch.load(tmp_path / "decoder.pt", weights_only=True)["train"]["step"] == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
