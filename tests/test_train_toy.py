@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_config
 import train_toy
 from decoder import Decoder
 from prior import DiffusionPrior
@@ -155,8 +156,8 @@ def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monke
 
 def test_the_defaults_and_quick_pass_the_checks():
     for argv in ([], ["--quick"], ["--prior_kind", "ar"]):
-        cfg, _ = train_toy.parse_args(argv)
-        train_toy.check_config(cfg, list(train_toy.STAGES), world=1)
+        cfg, _ = train_config.parse_args(argv)
+        train_config.check_config(cfg, list(train_config.STAGES), world=1)
 
 
 @pytest.mark.parametrize("stage, model_cls",

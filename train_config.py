@@ -1,0 +1,315 @@
+"""train_toy.py's configuration: the Config of every stage with the toy defaults, the --quick preset, the
+command line, and what happens before any work: every option checked (each message names the flag and
+what it must be), the device chosen, the run folder checked.
+
+    cfg = Config(); set_option(cfg, "opt_decoder.steps", "8000"); check_config(cfg, list(STAGES), world=1)
+"""
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import diffusion
+from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
+from decoder import Decoder, DecoderConfig
+from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
+from toy_data import Shapes
+from upsample import Upsampler, UpsamplerConfig, stage_config
+
+
+@dataclass
+class Optim:
+    steps: int  # optimizer steps for the stage
+    batch: int  # examples per step (split across processes under torchrun)
+    lr: float  # peak learning rate after warmup; cosine decay to 10% of it
+    beta2: float = 0.999  # AdamW β2 ([unCLIP] Table 3: 0.999 decoder/upsamplers, 0.96 prior)
+    weight_decay: float = 0.0  # [unCLIP] Table 3: 6e-2 for the prior, none for the decoder
+    ema: float = 0.999  # EMA decay of the weights used for sampling (paper 0.9999 at 10^5+ steps)
+
+
+@dataclass
+class Sampling:
+    prior_steps: int = 64  # [unCLIP] Sec. 4: 64 prior steps
+    candidates: int = 2  # best-of-2 prior samples by dot product with z_t [unCLIP] Sec. 2.2
+    decoder_steps: int = 50  # the paper uses 250; [IDDPM] shows learned Σ keeps quality at 50
+    guidance: float = 3.0  # decoder classifier-free guidance scale [CFG]
+    # [unCLIP] Table 3 uses 27 and 15 DDIM steps; our upsamplers start from bicubic and only add
+    # edges, which fewer steps draw as well (README, "Upsamplers")
+    up_steps: tuple[int, ...] = (10, 6)
+
+
+@dataclass
+class Config:
+    out: str = "runs/toy"  # run folder: checkpoints, grids, report
+    seed: int = 0
+    device: str = "auto"  # auto = cuda, else mps, else cpu
+    # "bf16": the networks under bf16 autocast (weights, optimizer and losses stay fp32); "auto": bf16
+    # on CUDA and on CPUs with native bf16, else fp32 (see diffusion.autocast)
+    precision: str = "auto"
+    stages: str = "clip,prior,decoder,up1,up2"
+    data: str = "shapes"  # or cifar10:PATH (32x32 only: no upsamplers) or folder:PATH
+    train_size: int = 10000  # scenes rendered once into memory at 32, 64 and 128 pixels
+    eval_size: int = 100  # held-out captions scored at the end
+    # "colour shape" pairs (comma-separated) never rendered for training or evaluation: the
+    # compositional-generalization experiment (experiments.py holdout) asks for them
+    holdout: str = "purple triangle"
+    prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
+    log_every: int = 50
+    ckpt_every: int = 500
+    # a lighter CLIP than CLIPConfig's defaults: 8x8-pixel patches and a 64-wide text tower keep
+    # the CLIP and prior stages to a few minutes of a 2-core CPU
+    clip: CLIPConfig = field(default_factory=lambda: CLIPConfig(
+        vision_layers=2, vision_patch_size=8, transformer_width=64, transformer_layers=2))
+    prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
+    # 64 buckets per component, not the paper's 1024: at the toy budget 1024-way heads stay near a
+    # uniform guess (README, Experiments 1)
+    ar_prior: ARPriorConfig = field(default_factory=lambda: ARPriorConfig(buckets=64))
+    # v prediction, coordinate channels and a z_i map: toy-budget departures from GLIDE's decoder
+    # that make background, position and shape learnable in minutes; attention at 8x8 only, where
+    # it is cheap (README, "The decoder")
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(
+        num_res_blocks=1, mean_type="v", coords=True, clip_map=True, attention_resolutions=(8,)))
+    up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
+    up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
+    # CLIP learns position last (a late drop of the loss): it needs about 2000 steps of 128 (README,
+    # Experiments)
+    opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
+    opt_prior: Optim = field(default_factory=lambda: Optim(steps=1200, batch=64, lr=1e-3,
+                                                           beta2=0.96, weight_decay=6e-2))
+    # the AR prior's bucket heads need a higher lr and more steps than the diffusion prior (README,
+    # "Prior")
+    opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=4000, batch=64, lr=3e-3,
+                                                              beta2=0.96, weight_decay=6e-2))
+    # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast
+    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=4500, batch=16, lr=2e-3, ema=0.995))
+    # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
+    # and a short EMA suit a few hundred steps (README, "Upsamplers")
+    opt_up1: Optim = field(default_factory=lambda: Optim(steps=300, batch=16, lr=2e-3, ema=0.995))
+    opt_up2: Optim = field(default_factory=lambda: Optim(steps=600, batch=8, lr=2e-3, ema=0.995))
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def prior_name(self) -> str:  # the prior's checkpoint name and config field
+        return "prior" if self.prior_kind == "diffusion" else "ar_prior"
+
+    @property
+    def sizes(self) -> tuple:  # the image sizes of the decoder and the upsamplers
+        return self.clip.image_resolution, self.up1.high_res, self.up2.high_res
+
+    @property
+    def holdout_pairs(self) -> list:  # --holdout as (colour, shape) pairs
+        return [tuple(p.split()) for p in self.holdout.split(",") if p.strip()]
+
+
+# --quick: every stage end to end in about 2.5 min on a 2-core CPU; colour and background right,
+# shape and position not yet (README, "Training"). A CLIP trained for far fewer steps has not yet
+# separated its embeddings, and every later stage then reads the captions at chance.
+QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
+         "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
+         "opt_decoder.steps": 300, "opt_up1.steps": 40, "opt_up2.steps": 30, "sampling.decoder_steps": 25}
+STAGES = ("clip", "prior", "decoder", "up1", "up2")
+RUN_FILES = ("clip.pt", "prior.pt", "ar_prior.pt", "decoder.pt", "up1.pt", "up2.pt", "unclip.pt",
+             "report.json")
+
+
+# ----------------------------------------------------------------------------- options and checks
+def _leaves(obj, prefix=""):
+    """(dotted name, owning dataclass, field) for every scalar/tuple field of a nested config."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", obj, f
+
+
+def set_option(cfg: Config, name: str, value) -> None:
+    """Set a dotted field; a str (from the command line) is read as the field's type, a tuple as a,b,c."""
+    owner, f = next(((o, f) for dotted, o, f in _leaves(cfg) if dotted == name), (None, None))
+    if owner is None:
+        raise SystemExit(f"unknown option --{name}; see --help")
+    current = getattr(owner, f.name)
+    kind = type(current[0] if current else 0) if isinstance(current, tuple) else type(current)
+    try:
+        if isinstance(value, str) and kind is bool:
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+                value.lower()]
+        elif isinstance(value, str) and isinstance(current, tuple):
+            value = tuple(kind(v) for v in value.split(",") if v)
+        elif isinstance(value, str):
+            value = kind(value)
+    except (KeyError, ValueError):
+        want = {bool: "true or false", int: "an int", float: "a number"}.get(kind, kind.__name__)
+        want += " (a,b,...)" * isinstance(current, tuple)
+        raise SystemExit(f"--{name} {value}: must be {want}") from None
+    setattr(owner, f.name, value)
+
+
+def _rule(name: str, value) -> str | None:
+    """What a numeric option `name` must be, or None if `value` is fine: one rule per type and name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name in ("beta2", "ema"):
+        return None if 0 <= value < 1 else "must lie in [0, 1)"
+    if "drop" in name or name.endswith("prob"):  # dropout and augmentation probabilities
+        return None if 0 <= value <= 1 else "must lie in [0, 1]"
+    if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim"):  # 0 is meaningful
+        return None if value >= 0 else "must be >= 0"
+    if name.endswith("_steps"):  # a respaced sampler keeps the first and the last timestep
+        return None if value >= 2 else "must be >= 2"
+    return None if value > 0 else "must be >= 1" if isinstance(value, int) else "must be > 0"
+
+
+def check_config(cfg: Config, stages: list, world: int) -> None:
+    """Every option checked before any work: numbers by _rule, the named choices, then whether the
+    stages fit together (check_sizes, check_models)."""
+    for dotted, owner, f in _leaves(cfg):
+        value = getattr(owner, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, int | float) and not isinstance(v, bool) and (why := _rule(f.name, v)):
+                raise SystemExit(f"--{dotted} {_flag_value(cfg, f'--{dotted}')}: {why}")
+    if cfg.precision not in diffusion.PRECISIONS:
+        raise SystemExit(f"--precision {cfg.precision}: must be one of {', '.join(diffusion.PRECISIONS)}")
+    if cfg.prior_kind not in ("diffusion", "ar"):
+        raise SystemExit(f"--prior_kind {cfg.prior_kind}: must be diffusion or ar")
+    try:
+        torch.device("cpu" if cfg.device == "auto" else cfg.device)
+    except RuntimeError:
+        raise SystemExit(f"--device {cfg.device}: must be auto, cpu, cuda, cuda:N or mps") from None
+    if cfg.data.partition(":")[0] not in ("shapes", "cifar10", "folder"):
+        raise SystemExit(f"--data {cfg.data}: must be shapes, cifar10:PATH or folder:PATH")
+    check_sizes(cfg, stages, world)
+    check_models(cfg, stages)
+
+
+def check_sizes(cfg: Config, stages: list, world: int) -> None:
+    """Batches that split over the processes, image sizes that chain, sampling steps that exist."""
+    s, res, up = cfg.sampling, cfg.clip.image_resolution, (cfg.up1, cfg.up2)
+    fits = [(f"--opt_{n}.batch", getattr(cfg, f"opt_{n}").batch % world == 0,
+             f"must be a multiple of the {world} processes") for n in stages if n != "clip"]
+    fits += [("--up1.low_res", cfg.up1.low_res == res, f"must equal --clip.image_resolution {res}"),
+             ("--up2.low_res", cfg.up2.low_res == cfg.up1.high_res,
+              f"must equal --up1.high_res {cfg.up1.high_res}"),
+             ("--sampling.up_steps", len(s.up_steps) == 2, "needs one value per upsampler (2)"),
+             ("--sampling.prior_steps", s.prior_steps <= cfg.prior.timesteps,
+              f"must be <= --prior.timesteps {cfg.prior.timesteps}"),
+             ("--sampling.decoder_steps", s.decoder_steps <= cfg.decoder.timesteps,
+              f"must be <= --decoder.timesteps {cfg.decoder.timesteps}")]
+    fits += [("--sampling.up_steps", n <= u.timesteps, f"must be <= --up{k + 1}.timesteps {u.timesteps}")
+             for k, (n, u) in enumerate(zip(s.up_steps[:2], up, strict=False))]
+    for flag, ok, why in fits:
+        if not ok:
+            raise SystemExit(f"{flag} {_flag_value(cfg, flag)}: {why}")
+    if cfg.data.partition(":")[0] == "shapes":
+        for flags, kw in (("--clip.image_resolution, --up1.high_res, --up2.high_res",
+                           {"sizes": cfg.sizes}), ("--holdout", {"holdout": cfg.holdout_pairs})):
+            try:
+                Shapes(1, **kw)
+            except ValueError as e:
+                raise SystemExit(f"{flags}: {e}") from None
+
+
+def check_models(cfg: Config, stages: list) -> None:
+    """Each model built once, on the CPU, so its own checks run (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        for name in ("clip", *[n for n in stages if n != "clip"]):
+            try:
+                model = new_model(cfg, name)
+            except ValueError as e:
+                flag = cfg.prior_name if name == "prior" else name
+                raise SystemExit(f"--{flag}.* do not fit: {e}") from None
+            if name == "clip":  # the later stages take these fields from the CLIP
+                link(cfg, FrozenCLIP(model, ByteTokenizer(cfg.clip.context_length)))
+            elif name != "prior":  # a U-Net halves its input len(channel_mults) - 1 times
+                c, flag = getattr(cfg, name), f"--{name}.channel_mults"
+                size = c.image_size if name == "decoder" else c.high_res // (2 if c.crop else 1)
+                if size % model.net.factor:
+                    raise SystemExit(f"{flag} {_flag_value(cfg, flag)}: its {size}x{size} "
+                                     f"{'crops' if name != 'decoder' else 'images'} are not a multiple "
+                                     f"of {model.net.factor}")
+
+
+def new_model(cfg: Config, stage: str) -> nn.Module:
+    """The freshly initialised model a stage trains."""
+    if stage == "prior":
+        return (DiffusionPrior if cfg.prior_kind == "diffusion" else ARPrior)(getattr(cfg, cfg.prior_name))
+    return {"clip": CLIP, "decoder": Decoder, "up1": Upsampler, "up2": Upsampler}[stage](getattr(cfg, stage))
+
+
+def link(cfg: Config, clip: FrozenCLIP) -> None:
+    """The fields the prior and the decoder take from the frozen CLIP."""
+    p, d = getattr(cfg, cfg.prior_name), cfg.decoder
+    p.clip_dim, p.text_width = clip.embed_dim, clip.text_width
+    d.clip_dim, d.image_size = clip.embed_dim, clip.model.config.image_resolution
+    d.vocab_size, d.context_length = clip.vocab_size, clip.context_length
+
+
+def _flag_value(cfg: Config, flag: str):
+    value = next(getattr(o, f.name) for dotted, o, f in _leaves(cfg) if dotted == flag[2:])
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def parse_args(argv=None, description: str | None = None) -> tuple[Config, argparse.Namespace]:
+    cfg = Config()
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2.5 minutes")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the folder's report and the checkpoints of --stages, then train those afresh")
+    for dotted, owner, f in _leaves(cfg):
+        p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
+                       help=f"(default: {getattr(owner, f.name)})")
+    args = p.parse_args(argv)
+    given = {dotted: v for dotted, _, _ in _leaves(cfg) if (v := getattr(args, dotted)) is not None}
+    for name, value in ((QUICK if args.quick else {}) | given).items():  # the command line wins over --quick
+        set_option(cfg, name, value)
+    return cfg, args
+
+
+def check_folder(out: Path, trained: list, args, rank: int) -> None:
+    """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
+    a forgotten --resume must not retrain (and so overwrite) stages that are already trained."""
+    if args.resume and args.overwrite:
+        raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
+    found = [p.name for p in map(out.joinpath, RUN_FILES) if p.exists()]
+    if found and not (args.resume or args.overwrite):
+        raise SystemExit(f"{out} already holds {', '.join(found)}. Pass --resume to continue that run (a "
+                         "finished stage is kept, a stopped one goes on from its last checkpoint), "
+                         "--overwrite to train the stages in --stages afresh, or --out for another folder")
+    try:  # a read-only or missing disk fails here, not after the first stage
+        out.mkdir(parents=True, exist_ok=True)
+        (probe := out / f".write_test{rank}").write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
+    if args.overwrite and rank == 0:  # stale files would pass for this run's if it stopped early
+        for name in ("report.json", "unclip.pt", *trained):
+            (out / name).unlink(missing_ok=True)
+
+
+def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, int, int]:
+    """Every check before any work, then the device, the process group (under torchrun) and the run
+    folder: (stages, device, rank, world)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    if unknown := set(stages) - set(STAGES):
+        raise SystemExit(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    check_config(cfg, stages, world)
+    if cfg.device == "auto":
+        mps = torch.backends.mps.is_available()
+        cfg.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    device = torch.device(cfg.device)
+    if world > 1:  # torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+            torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    check_folder(Path(cfg.out), [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
+    return stages, device, rank, world
