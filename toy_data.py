@@ -1,4 +1,4 @@
-"""The toy world: Shapes scenes and captions, an exact evaluator, metrics, real-data loaders.
+"""The toy world: Shapes scenes and captions, an exact evaluator, metrics (real data: real_data.py).
 
 Shapes is a procedurally rendered, captioned dataset with a known ground truth, so an image
 generated from a caption can be checked exactly: one object (or a left and a right one) on a
@@ -13,21 +13,18 @@ Symbols and names
     z_i, z_t   unit CLIP image / caption embeddings [B, D] (only the metrics see them)
 """
 
-import io
 import math
 import os
-import pickle
 import re
 import textwrap
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -437,97 +434,6 @@ def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -
     sheet.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
     os.replace(tmp, path)  # atomic: a crash never leaves half a grid behind
     return path
-
-
-# ----------------------------------------------------------------------------- real data
-CIFAR_TEMPLATES = ("a photo of {}", "a blurry photo of {}", "a low resolution photo of {}", "a picture of {}")
-
-
-class _NumpyOnly(pickle.Unpickler):
-    """CIFAR batches are pickles: admit only what they hold, so a bad file cannot run code."""
-
-    def find_class(self, module, name):
-        if (module, name) not in {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                                  ("numpy.core.multiarray", "_reconstruct"),
-                                  ("numpy._core.multiarray", "_reconstruct")}:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
-        return super().find_class(module, name)
-
-
-class CIFAR10Captions(torch.utils.data.Dataset):
-    """CIFAR-10 from its python batches in `root` (the folder cifar-10-batches-py), captioned
-    "a photo of a {class}" with CIFAR_TEMPLATES (template = index mod 4)."""
-
-    def __init__(self, root, train: bool = True):
-        root = Path(root)
-        names = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
-        if missing := [n for n in names + ["batches.meta"] if not (root / n).is_file()]:
-            raise FileNotFoundError(f"CIFAR-10 files {missing} not found in {root}: download the "
-                                    "python version from https://www.cs.toronto.edu/~kriz/cifar.html"
-                                    " and pass its extracted folder cifar-10-batches-py")
-        load = lambda name: _NumpyOnly(io.BytesIO((root / name).read_bytes()), encoding="bytes").load()
-        self.classes = [c.decode() for c in load("batches.meta")[b"label_names"]]
-        data, self.labels = [], []
-        for n in names:
-            batch = load(n)
-            if np.shape(batch[b"data"])[1:] != (3072,) or len(batch[b"data"]) != len(batch[b"labels"]):
-                raise ValueError(f"{root / n} is not a CIFAR-10 batch: expected data uint8 "
-                                 f"[N, 3072] and N labels, got {np.shape(batch[b'data'])}")
-            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            self.labels += list(batch[b"labels"])
-        self.data = torch.from_numpy(np.concatenate(data))  # [N, 3, 32, 32] uint8
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        caption = CIFAR_TEMPLATES[i % 4].format(_a(self.classes[self.labels[i]]))
-        return {"images": {32: self.data[i].float() / 127.5 - 1}, "caption": caption, "label": self.labels[i]}
-
-
-class ImageFolderCaptions(torch.utils.data.Dataset):
-    """Every image PIL can read under `root` (recursively) that has a same-named .txt caption, made
-    RGB (transparency onto white), centre-cropped square and resized to `size` (an int or a tuple of
-    sizes). Images without a caption, with an empty one, or unreadable are skipped, listed in
-    `.skipped` and counted in a warning; finding nothing usable is an error."""
-
-    def __init__(self, root, size=32):
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} not found")
-        self.sizes = (size,) if isinstance(size, int) else tuple(size)
-        suffixes = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes)
-        self.items, self.skipped = [], {"no caption": [], "empty caption": [], "unreadable": []}
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    im.verify()  # reads the whole file: catches garbage and truncation
-            except Exception:  # PIL raises many kinds of error for a bad file
-                self.skipped["unreadable"].append(p)
-                continue
-            txt = p.with_suffix(".txt")
-            caption = " ".join(txt.read_text("utf-8", "replace").split()) if txt.is_file() else None
-            if caption:
-                self.items.append((p, caption))
-            else:
-                self.skipped["no caption" if caption is None else "empty caption"].append(p)
-        if counts := {k: len(v) for k, v in self.skipped.items() if v}:
-            warnings.warn(f"{root}: skipped {counts} images (see .skipped)", stacklevel=2)
-        if not self.items:
-            raise ValueError(f"{root}: no usable image with a .txt caption among {len(files)} "
-                             f"image files (skipped: {counts or 'none'})")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        path, caption = self.items[i]
-        with Image.open(path) as im:
-            rgba = im.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-        fit = lambda s: ImageOps.fit(image, (s, s), Image.LANCZOS)  # noqa: E731 centre crop
-        return {"images": {s: _to_tensor(fit(s)) for s in self.sizes}, "caption": caption}
 
 
 def main():
