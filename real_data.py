@@ -290,6 +290,7 @@ class ClassEvaluator(nn.Module):
         return self.head(self.phi(x))
 
     @classmethod
+    @torch.enable_grad()  # also when called under torch.no_grad, as an evaluation is
     def fit(cls, u, labels, classes, steps: int = 1200, batch: int = 128, lr: float = 2e-3,
             width: int = 16, seed: int = 0) -> "ClassEvaluator":
         """A ClassEvaluator trained by Adam with cosine decay on u uint8 [N, 3, 32, 32] and labels [N];
@@ -335,8 +336,7 @@ class ClassEvaluator(nn.Module):
 
     def save(self, path) -> Path:
         """Written aside then renamed: a crash never leaves half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"classes": self.classes, "width": self.width, "state_dict": self.state_dict(),
                     "info": self.info}, tmp := path.with_name(path.name + ".tmp"))
         os.replace(tmp, path)

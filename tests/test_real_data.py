@@ -351,3 +351,11 @@ def test_classifier_load_or_train(tmp_path, monkeypatch):
     write_folder(tmp_path / "folder", [32, 32, 32])
     with pytest.raises(ValueError, match="no labels"):
         rd.labelled_arrays(rd.ImageFolderCaptions(tmp_path / "folder"))
+
+
+def test_classifier_fit_trains_under_no_grad():  # train_toy.evaluate runs under torch.no_grad
+    with torch.no_grad():
+        ev = rd.ClassEvaluator.fit(*quadrants(64, 0), CLASSES, steps=2, batch=8, seed=0)
+        assert not torch.is_grad_enabled()  # and stays so for the caller
+    torch.manual_seed(0)
+    assert not torch.equal(ev.head.weight, rd.ClassEvaluator(CLASSES).head.weight)  # moved from its init
