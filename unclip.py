@@ -133,7 +133,7 @@ class UnCLIP:
         """rows(r, generators) -> (z_i, tokens, mask, x_T) of the rows in slice r (None where absent);
         row b draws all its noise from a CPU generator seeded seeds[b]. fixed: a generator for one
         upsampler x_T shared by all rows (an edit's frames). -> generate's dict, or its micro-batches."""
-        last, *_ = self._last(stages), self._autocast(precision), need("decoder_steps", decoder_steps)
+        last, *_ = self._last(stages), self._autocast(precision), need("decoder_steps", decoder_steps, 2)
         ups, size = self.upsamplers[:max(0, last - 1)], need("batch_size", batch_size)
         up_steps = (upsampler_steps if isinstance(upsampler_steps, list | tuple)
                     else [upsampler_steps] * len(ups))
@@ -210,7 +210,7 @@ class UnCLIP:
         with self._autocast(precision):  # the toy CLIP reads its own resolution only
             z_i = self.clip.encode_image(fit(x, self.clip.model.config.image_resolution)
                                          if self.clip.kind == "toy" else x)
-            steps = need("decoder_steps", decoder_steps)
+            steps = need("decoder_steps", decoder_steps, 2)
             return z_i, self.decoder.invert(x, z_i, None, None, steps, decoder_guidance) if invert else None
 
     def variations(self, image, n=4, eta=1.0, seed=0, invert=True, **options):
@@ -391,8 +391,8 @@ def check_args(args) -> None:
     """Every flag that needs no checkpoint, before anything loads: a ValueError naming it."""
     counts = [("--n", args.n), ("--steps", args.steps), ("--prior-steps", args.prior_steps), ("--batch-size",
               args.batch_size), *[("--upsampler-steps", s) for s in args.upsampler_steps or ()]]
-    for flag, value in counts:
-        need(flag, value, 2 if flag == "--n" and args.interpolate else 1)
+    for flag, value in counts:  # a respaced diffusion keeps at least its first and last step
+        need(flag, value, {"--n": 2 if args.interpolate else 1, "--batch-size": 1}.get(flag, 2))
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be in [0, 2^63), got {args.seed}")
     if not math.isfinite(args.guidance):
@@ -446,6 +446,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def check_loaded(args, pipe: UnCLIP) -> None:
+    """The flags that need the checkpoint: steps within each diffusion's T, captions within the context."""
+    steps = args.upsampler_steps or []
+    per_stage = steps * len(pipe.upsamplers) if len(steps) == 1 else steps  # one value: every upsampler
+    limits = [("--steps", args.steps, pipe.decoder)] + [
+        ("--upsampler-steps", s, up) for s, up in zip(per_stage, pipe.upsamplers, strict=False)]
+    if isinstance(pipe.prior, DiffusionPrior):  # the AR prior takes no steps
+        limits.append(("--prior-steps", args.prior_steps, pipe.prior))
+    for flag, value, m in limits:
+        if value > m.cfg.timesteps:
+            raise ValueError(f"{flag} must be at most {m.cfg.timesteps}, this checkpoint's T, got {value}")
+    tokenizer = pipe.clip.tokenizer
+    for caption in args.captions + (args.text_diff[1:] if args.text_diff else []):
+        needed, L = len(tokenizer.encode(caption)) + 2, tokenizer.context_length
+        if needed > L:  # (start and end tokens count) truncated: a warning, or with --strict an error
+            message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
+            if args.strict:
+                raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
+            print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
+
+
 def run(args) -> None:
     """Sample as the flags say: each image to --out-dir as its micro-batch arrives, then the grid."""
     check_args(args)
@@ -455,14 +476,7 @@ def run(args) -> None:
         raise ValueError(f"--device {device} is not available here; use cpu or auto")
     load = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
     pipe, n, steps = load(args.checkpoint, device), args.n, args.upsampler_steps
-    tokenizer = pipe.clip.tokenizer
-    for caption in args.captions + (args.text_diff[1:] if args.text_diff else []):
-        needed, L = len(tokenizer.encode(caption)) + 2, tokenizer.context_length
-        if needed > L:  # (start and end tokens count) truncated: a warning, or with --strict an error
-            message = f"caption {caption[:30]!r}... needs {needed} tokens, over the context length {L}"
-            if args.strict:
-                raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
-            print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
+    check_loaded(args, pipe)
     progress, done = progress_printer(n * max(1, len(args.captions)))
     options = dict(seed=args.seed, decoder_steps=args.steps, decoder_guidance=args.guidance,
                    upsampler_steps=steps[0] if steps and len(steps) == 1 else steps, stages=args.stage,

@@ -459,10 +459,11 @@ def test_cli_tolerated_input_notes(files, capsys, monkeypatch):
     (["--guidance", "nan"], "--guidance must be a finite number"),
     (["--guidance", "inf"], "--guidance must be a finite number"),
     (["--guidance=-inf"], "--guidance must be a finite number"),
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--steps", "-3"], "--steps must be at least 1"),
-    (["--prior-steps", "0"], "--prior-steps must be at least 1"),
-    (["--upsampler-steps", "2", "0"], "--upsampler-steps must be at least 1"),
+    (["--steps", "1"], "--steps must be at least 2"),  # a respaced diffusion keeps steps 0 and T - 1
+    (["--steps", "-3"], "--steps must be at least 2"),
+    (["--prior-steps", "0"], "--prior-steps must be at least 2"),
+    (["--upsampler-steps", "2", "1"], "--upsampler-steps must be at least 2"),
+    (["--interpolate", "a.png", "b.png", "--batch-size", "1"], None),  # a batch of 1 is fine
     (["--n", "0"], "--n must be at least 1"),
     (["--n", "-1"], "--n must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -472,10 +473,22 @@ def test_cli_tolerated_input_notes(files, capsys, monkeypatch):
     (["--seed", "-1"], "--seed must be in [0, 2^63)"),
 ])
 def test_cli_numeric_flags_are_checked_up_front(files, capsys, args, message):
-    # the checkpoint does not exist: the flag is refused before anything loads
-    code, err = cli(files, capsys, "a red circle", *args, "--checkpoint", str(files / "none.pt"))
+    # the checkpoint does not exist: a bad flag is refused before anything loads
+    caption = [] if "--interpolate" in args else ["a red circle"]
+    code, err = cli(files, capsys, *caption, *args, "--checkpoint", str(files / "none.pt"))
+    assert code == 2 and "Traceback" not in err, err
+    assert message in err and "train one with" not in err if message else "train one with" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "1001"], "--steps must be at most 1000, this checkpoint's T"),
+    (["--prior-steps", "1001"], "--prior-steps must be at most 1000"),
+    (["--upsampler-steps", "1001"], "--upsampler-steps must be at most 1000"),
+    (["--upsampler-steps", "2", "1001"], "--upsampler-steps must be at most 1000"),
+])
+def test_cli_steps_beyond_the_checkpoints_T(files, capsys, args, message):
+    code, err = cli(files, capsys, "a red circle", *args)
     assert code == 2 and message in err and "Traceback" not in err, err
-    assert "train one with" not in err
 
 
 def test_cli_out_dir_batches_and_bounded_grid(files, capsys, monkeypatch, tmp_path):
