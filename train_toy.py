@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import diffusion
+import real_data
 import toy_data
 import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip, save_clip, train_clip
@@ -50,10 +51,10 @@ class Data:
 def load_data(cfg: Config, sizes: tuple[int, ...], log) -> Data:
     """Render (or read) the training set once into memory: uint8 images per size + captions."""
     kind, _, path = cfg.data.partition(":")
-    make = {"shapes": lambda: Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=cfg.holdout_pairs),
-            "cifar10": lambda: toy_data.CIFAR10Captions(path, train=True),
-            "folder": lambda: toy_data.ImageFolderCaptions(path, size=max(sizes))}
-    ds = make[kind]()
+    if kind == "shapes":
+        ds = Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=cfg.holdout_pairs)
+    else:  # real images, their training split, at 32x32
+        ds = real_data.open_dataset(cfg.data, train=True, sizes=(32,), seed=cfg.seed)
     clock = time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
                                          collate_fn=shapes_collate)
