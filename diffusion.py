@@ -149,6 +149,21 @@ def autocast(device, precision: str = "auto"):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=on and device_type in ("cpu", "cuda"))
 
 
+def autocast_network(module: nn.Module, device, precision: str) -> list:
+    """Hooks that run module's forward under diffusion.autocast and hand its output on in fp32: what a
+    loss does around its network (conditioning, noising, the loss itself) stays in fp32."""
+    entered = []
+
+    def enter(m, args):
+        entered.append(autocast(device, precision))
+        entered[-1].__enter__()
+
+    def leave(m, args, out):  # also when forward raises (out None): autocast must not stay on
+        entered.pop().__exit__(None, None, None)
+        return None if out is None else out.float()
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
+
+
 class GaussianDiffusion(nn.Module):
     """A T-step Gaussian diffusion [DDPM] with the [IDDPM] reverse-process options.
 

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import toy_data
+import train_config
 import train_toy
 import unclip
 from decoder import Decoder
@@ -67,7 +68,7 @@ evaluator = functools.cache(toy_data.Evaluator)  # one Evaluator: rule-based, sh
 def config_args(saved: dict) -> list:
     """train_toy command-line options that rebuild a saved config (asdict(Config), via JSON)."""
     args = []
-    for dotted, _, _ in train_toy._leaves(train_toy.Config()):
+    for dotted, _, _ in train_config.leaves(train_config.Config()):
         value = saved
         for key in dotted.split("."):
             value = value.get(key) if isinstance(value, dict) else None
@@ -84,7 +85,7 @@ def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
     if not cfg:
         raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json when the "
                          f"run finishes; finish it with python train_toy.py --out {a.run} --resume")
-    steps = a.train_steps or (cfg[opt]["steps"] if opt in cfg else getattr(train_toy.Config(), opt).steps)
+    steps = a.train_steps or (cfg[opt]["steps"] if opt in cfg else getattr(train_config.Config(), opt).steps)
     if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
         return path  # finished (a file without training state counts as finished)
     folder.mkdir(exist_ok=True)
@@ -537,7 +538,7 @@ def main(argv=None) -> list:
         print(f"warning: {a.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
               f"--holdout {a.holdout!r} replaces that in every table", file=sys.stderr)
     a.holdout = parse_pairs(a.holdout or cfg.get("holdout", ""))
-    base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_toy.Sampling()).items()}
+    base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_config.Sampling()).items()}
     a.sampling = {"prior_steps": a.prior_steps or base["prior_steps"], "candidates": base["candidates"],
                   "decoder_steps": a.decoder_steps or base["decoder_steps"],
                   "decoder_guidance": base["guidance"] if a.guidance is None else a.guidance}

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from toy_data import frechet_distance, shapes_collate
+from toy_data import frechet_distance, save_grid, shapes_collate
 
 KINDS = ("cifar10", "fashion_mnist", "folder")  # the --data kinds besides shapes, each KIND:PATH
 
@@ -256,6 +256,15 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
         big = max(self.sizes)
         top = ImageOps.fit(image, (big, big), Image.LANCZOS)  # centre crop
         return {"images": {s: _to_tensor(top.reduce(big // s)) for s in self.sizes}, "caption": caption}
+
+
+def save_class_grid(images, captions, named, classes, path, per_class: int = 8) -> Path:
+    """A grid of one row per class: up to per_class of the images whose caption names it, blank after."""
+    rows = [[k for k, n in enumerate(named) if n["class"] == c][:per_class] for c in classes]
+    blank = Image.new("RGB", tuple(images.shape[-2:]), "white")
+    cells = [(images[r[j]], captions[r[j]]) if j < len(r) else (blank, "")
+             for r in rows for j in range(per_class)]
+    return save_grid(*zip(*cells, strict=True), path, ncol=per_class)
 
 
 # ----------------------------------------------------------------------------- evaluator

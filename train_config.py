@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 import diffusion
+import real_data
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
 from decoder import Decoder, DecoderConfig
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
@@ -52,7 +53,9 @@ class Config:
     # on CUDA and on CPUs with native bf16, else fp32 (see diffusion.autocast)
     precision: str = "auto"
     stages: str = "clip,prior,decoder,up1,up2"
-    data: str = "shapes"  # or cifar10:PATH (32x32 only: no upsamplers) or folder:PATH
+    # or fashion_mnist:PATH, cifar10:PATH (32x32 only: no upsamplers) or folder:PATH (the whole cascade
+    # when its images are 128 px or more); real data trains on its training split, evaluates on the rest
+    data: str = "shapes"
     train_size: int = 10000  # scenes rendered once into memory at 32, 64 and 128 pixels
     eval_size: int = 100  # held-out captions scored at the end
     # "colour shape" pairs (comma-separated) never rendered for training or evaluation: the
@@ -61,10 +64,9 @@ class Config:
     prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
     log_every: int = 50
     ckpt_every: int = 500
-    # a lighter CLIP than CLIPConfig's defaults: 8x8-pixel patches and a 64-wide text tower keep
-    # the CLIP and prior stages to a few minutes of a 2-core CPU
-    clip: CLIPConfig = field(default_factory=lambda: CLIPConfig(
-        vision_layers=2, vision_patch_size=8, transformer_width=64, transformer_layers=2))
+    # CLIPConfig's defaults are the toy CLIP: 8x8-pixel patches, two blocks per tower and a 64-wide
+    # text tower keep the CLIP and prior stages to a few minutes of a 2-core CPU
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     # 64 buckets per component, not the paper's 1024: at the toy budget 1024-way heads stay near a
     # uniform guess (README, Experiments 1)
@@ -101,6 +103,15 @@ class Config:
     def sizes(self) -> tuple:  # the image sizes of the decoder and the upsamplers
         return self.clip.image_resolution, self.up1.high_res, self.up2.high_res
 
+    def data_sizes(self, stages: list) -> tuple:
+        """The sizes to load: all three for Shapes; for a folder those its stages train on (a folder skips
+        images smaller than the largest); IDX and CIFAR-10 exist at 32x32 only."""
+        if self.data == "shapes":
+            return self.sizes
+        if self.data.startswith("folder:"):
+            return self.sizes[:1 + ("up1" in stages or "up2" in stages) + ("up2" in stages)]
+        return self.sizes[:1]
+
     @property
     def holdout_pairs(self) -> list:  # --holdout as (colour, shape) pairs
         return [tuple(p.split()) for p in self.holdout.split(",") if p.strip()]
@@ -118,19 +129,19 @@ RUN_FILES = ("clip.pt", "prior.pt", "ar_prior.pt", "decoder.pt", "up1.pt", "up2.
 
 
 # ----------------------------------------------------------------------------- options and checks
-def _leaves(obj, prefix=""):
+def leaves(obj, prefix=""):
     """(dotted name, owning dataclass, field) for every scalar/tuple field of a nested config."""
     for f in fields(obj):
         value = getattr(obj, f.name)
         if is_dataclass(value):
-            yield from _leaves(value, f"{prefix}{f.name}.")
+            yield from leaves(value, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", obj, f
 
 
 def set_option(cfg: Config, name: str, value) -> None:
     """Set a dotted field; a str (from the command line) is read as the field's type, a tuple as a,b,c."""
-    owner, f = next(((o, f) for dotted, o, f in _leaves(cfg) if dotted == name), (None, None))
+    owner, f = next(((o, f) for dotted, o, f in leaves(cfg) if dotted == name), (None, None))
     if owner is None:
         raise SystemExit(f"unknown option --{name}; see --help")
     current = getattr(owner, f.name)
@@ -168,7 +179,7 @@ def _rule(name: str, value) -> str | None:
 def check_config(cfg: Config, stages: list, world: int) -> None:
     """Every option checked before any work: numbers by _rule, the named choices, then whether the
     stages fit together (check_sizes, check_models)."""
-    for dotted, owner, f in _leaves(cfg):
+    for dotted, owner, f in leaves(cfg):
         value = getattr(owner, f.name)
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, int | float) and not isinstance(v, bool) and (why := _rule(f.name, v)):
@@ -181,8 +192,12 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
         torch.device("cpu" if cfg.device == "auto" else cfg.device)
     except RuntimeError:
         raise SystemExit(f"--device {cfg.device}: must be auto, cpu, cuda, cuda:N or mps") from None
-    if cfg.data.partition(":")[0] not in ("shapes", "cifar10", "folder"):
-        raise SystemExit(f"--data {cfg.data}: must be shapes, cifar10:PATH or folder:PATH")
+    kind, _, path = cfg.data.partition(":")
+    if not (cfg.data == "shapes" or (kind in real_data.KINDS and path)):
+        raise SystemExit(f"--data {cfg.data}: must be shapes, fashion_mnist:PATH, cifar10:PATH or "
+                         "folder:PATH")
+    if kind in real_data.KINDS and not Path(path).exists():
+        raise SystemExit(f"--data {cfg.data}: {path} does not exist")
     check_sizes(cfg, stages, world)
     check_models(cfg, stages)
 
@@ -250,7 +265,7 @@ def link(cfg: Config, clip: FrozenCLIP) -> None:
 
 
 def _flag_value(cfg: Config, flag: str):
-    value = next(getattr(o, f.name) for dotted, o, f in _leaves(cfg) if dotted == flag[2:])
+    value = next(getattr(o, f.name) for dotted, o, f in leaves(cfg) if dotted == flag[2:])
     return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
@@ -261,11 +276,11 @@ def parse_args(argv=None, description: str | None = None) -> tuple[Config, argpa
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the folder's report and the checkpoints of --stages, then train those afresh")
-    for dotted, owner, f in _leaves(cfg):
+    for dotted, owner, f in leaves(cfg):
         p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
                        help=f"(default: {getattr(owner, f.name)})")
     args = p.parse_args(argv)
-    given = {dotted: v for dotted, _, _ in _leaves(cfg) if (v := getattr(args, dotted)) is not None}
+    given = {dotted: v for dotted, _, _ in leaves(cfg) if (v := getattr(args, dotted)) is not None}
     for name, value in ((QUICK if args.quick else {}) | given).items():  # the command line wins over --quick
         set_option(cfg, name, value)
     return cfg, args
@@ -288,7 +303,7 @@ def check_folder(out: Path, trained: list, args, rank: int) -> None:
     except OSError as e:
         raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
     if args.overwrite and rank == 0:  # stale files would pass for this run's if it stopped early
-        for name in ("report.json", "unclip.pt", *trained):
+        for name in ("report.json", "unclip.pt", "classifier.pt", *trained):
             (out / name).unlink(missing_ok=True)
 
 

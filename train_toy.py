@@ -4,6 +4,7 @@
     python train_toy.py --quick                # every stage end to end in about 2.5 minutes
     python train_toy.py --stages decoder,up1 --resume
     python train_toy.py --decoder.channels 96 --opt_decoder.steps 8000
+    python train_toy.py --data fashion_mnist:/usr/share/datasets/fashion-mnist   # or cifar10:, folder:
     torchrun --nproc_per_node=2 train_toy.py   # DistributedDataParallel, as nanoGPT does it
 
 Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> prior -> decoder -> upsampler 1
@@ -11,7 +12,8 @@ Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> pri
 stage checkpoint is {"config", "state_dict" (EMA weights), "train" (raw weights, optimizer, step, loss
 history, RNG)} written atomically, so `--resume` continues a killed run and a failed run never destroys a
 good checkpoint. The end writes unclip.pt (the one-file pipeline for unclip.py) and report.json /
-report.md with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine). The options, their
+report.md with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine; on labelled real data
+class accuracy and FD by a classifier of the training split, on its held-out split). The options, their
 defaults and their checks are in train_config.py.
 """
 
@@ -37,8 +39,6 @@ import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip, save_clip, train_clip
 from toy_data import Shapes, attribute_accuracy, clip_score, frechet_distance, save_grid, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
-from train_config import Sampling as Sampling  # experiments.py reads these two here
-from train_config import _leaves as _leaves
 
 
 # ----------------------------------------------------------------------------- data
@@ -50,11 +50,11 @@ class Data:
 
 def load_data(cfg: Config, sizes: tuple[int, ...], log) -> Data:
     """Render (or read) the training set once into memory: uint8 images per size + captions."""
-    kind, _, path = cfg.data.partition(":")
+    kind = cfg.data.partition(":")[0]
     if kind == "shapes":
         ds = Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=cfg.holdout_pairs)
-    else:  # real images, their training split, at 32x32
-        ds = real_data.open_dataset(cfg.data, train=True, sizes=(32,), seed=cfg.seed)
+    else:  # real images, their training split only: evaluate() reads the held-out one
+        ds = real_data.open_dataset(cfg.data, train=True, sizes=sizes, seed=cfg.seed)
     clock = time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
                                          collate_fn=shapes_collate)
@@ -137,21 +137,6 @@ def rng_state(device) -> list:  # the generators a loss draws from: the CPU's, a
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def autocast_network(module: nn.Module, device, precision: str) -> list:
-    """Hooks that run module's forward under diffusion.autocast and hand its output on in fp32: what a
-    loss does around its network (conditioning, noising, the loss itself) stays in fp32."""
-    entered = []
-
-    def enter(m, args):
-        entered.append(diffusion.autocast(device, precision))
-        entered[-1].__enter__()
-
-    def leave(m, args, out):  # also when forward raises (out None): autocast must not stay on
-        entered.pop().__exit__(None, None, None)
-        return None if out is None else out.float()
-    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
-
-
 def resume_from(path: Path, model, ema, opt, run: Run) -> tuple[int, list]:
     """Weights, optimizer, step, loss history and this process's RNG state from a stage checkpoint."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
@@ -194,7 +179,8 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
-    hooks = autocast_network(getattr(model, "net", model), run.device, cfg.precision)  # a U-Net, or a prior
+    # the network alone under autocast: a U-Net, or a prior's Transformer
+    hooks = diffusion.autocast_network(getattr(model, "net", model), run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
     for step in range(start, oc.steps):
         # linear warmup, then cosine decay to 10% of the peak
@@ -293,12 +279,14 @@ def prior_stage(run: Run) -> None:
     with run.timed("prior"):
         run.seed("prior")
         prior = new_model(cfg, "prior").to(run.device)
-        # the frozen text tower once for every caption, not once per step (a third of a prior
-        # step); trailing padding cut, which the causal text tower allows
-        enc = [run.clip.encode_text(captions[i:i + 512]) for i in range(0, len(captions), 512)]
+        # the frozen text tower once for every distinct caption, not once per step (a third of a prior
+        # step; real data repeats a few dozen captions); trailing padding cut, which the causal tower allows
+        distinct = list(dict.fromkeys(captions))
+        enc = [run.clip.encode_text(distinct[i:i + 512]) for i in range(0, len(distinct), 512)]
         length = max(int(e[2].sum(1).max()) for e in enc)
-        z_t = torch.cat([e[0] for e in enc])
-        states, mask = (torch.cat([e[k][:, :length] for e in enc]) for k in (1, 2))
+        row = {c: k for k, c in enumerate(distinct)}
+        row = torch.tensor([row[c] for c in captions], device=run.device)
+        z_t, states, mask = (torch.cat([e[k][:, :length] if k else e[0] for e in enc])[row] for k in range(3))
         if cfg.prior_kind == "ar":  # PCA basis and bucket edges from the training embeddings
             run.log(f"ar prior: PCA keeps {prior.fit_codebook(run.z_bank, z_t):.4f} of the z_i variance")
 
@@ -358,7 +346,7 @@ def evaluation_stage(run: Run) -> dict:
 def main(argv=None) -> dict:
     cfg, args = parse_args(argv, __doc__)
     run = Run(cfg, Path(cfg.out), args.resume, *prepare(cfg, args))  # every check before any work
-    run.data = load_data(cfg, cfg.sizes if cfg.data == "shapes" else cfg.sizes[:1], run.log)
+    run.data = load_data(cfg, cfg.data_sizes(run.stages), run.log)
     clip_stage(run)
     prior_stage(run)
     decoder_stage(run)
@@ -380,11 +368,12 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
         held = Shapes(cfg.eval_size, sizes=(res,), seed=cfg.seed + 7919, holdout=cfg.holdout_pairs)
         held = shapes_collate([held[i] for i in range(cfg.eval_size)])
         captions, named, real = held["caption"], held["named"], held["images"][res]
-    else:
-        g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(len(data.captions), generator=g)[:cfg.eval_size]
-        captions = [data.captions[i] for i in idx]
-        real = as_float(data.images[cfg.clip.image_resolution][idx], "cpu")
+    else:  # the held-out split: IDX's and CIFAR-10's test files, a folder's held-out captions
+        res, g = cfg.clip.image_resolution, torch.Generator().manual_seed(cfg.seed)
+        held_set = real_data.open_dataset(cfg.data, train=False, sizes=(res,), seed=cfg.seed)
+        idx = torch.randperm(len(held_set), generator=g)[:cfg.eval_size].tolist()
+        held = shapes_collate([held_set[i] for i in idx])
+        captions, named, real = held["caption"], held.get("named"), held["images"][res]
     with diffusion.autocast(clip.device, cfg.precision):
         result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
                                decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
@@ -399,15 +388,25 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
     cos = lambda a: F.cosine_similarity(a, z_real).mean().item()
     report["prior_cosine"] = {"prior": cos(z_hat), "z_t as z_i": cos(z_t),
                               "mean z_i": cos(z_bank.mean(0, keepdim=True))}
-    if shapes:
-        ev = toy_data.Evaluator()
+    if named is not None:  # Shapes' attributes, or a labelled set's class read by its own classifier
+        if shapes:
+            ev, key = toy_data.Evaluator(), "accuracy"
+        else:  # trained once on the training split, never on CLIP or generated images
+            ev, key = real_data.ClassEvaluator.load_or_train(
+                out / "classifier.pt", real_data.open_dataset(cfg.data, train=True, seed=cfg.seed), held_set,
+                log=log), "class_accuracy"
+            report |= {"classifier_test_accuracy": ev.info.get("test_accuracy"),
+                       "class_accuracy_real": attribute_accuracy(ev.read(real), named),  # the ceiling
+                       "fd_classifier": ev.frechet(images[0].cpu(), real)}
         for x in (images[0], images[-1]):
-            report[f"accuracy_{x.shape[-1]}"] = attribute_accuracy(ev.read(x.cpu()), named)
+            report[f"{key}_{x.shape[-1]}"] = attribute_accuracy(ev.read(x.cpu()), named)
         nearest = (z_hat @ z_bank.T).argmax(1).cpu()  # retrieval: the real image closest to ẑ_i
         retrieved = as_float(data.images[cfg.clip.image_resolution][nearest], "cpu")
         report["prior_retrieval"] = attribute_accuracy(ev.read(retrieved), named)
     for x in images:
         save_grid(x[:32].cpu(), captions[:32], out / f"samples_{x.shape[-1]}.png", ncol=8)
+    if named is not None and not shapes:
+        real_data.save_class_grid(images[0].cpu(), captions, named, ev.classes, out / "per_class_32.png")
     return report
 
 

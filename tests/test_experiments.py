@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiments
+import train_config
 import train_toy
 from toy_data import ATTRIBUTES, parse_caption, render, sample_scene
 
@@ -193,7 +194,7 @@ def test_config_args_rebuild_the_saved_config():
     saved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as report.json holds it
     rebuilt, _ = train_toy.parse_args(experiments.config_args(saved))
     assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
-    assert dataclasses.asdict(rebuilt) != dataclasses.asdict(train_toy.Config())
+    assert dataclasses.asdict(rebuilt) != dataclasses.asdict(train_config.Config())
 
 
 def two_object_renders(n=12, seed=0, edit=lambda a, b: (a, b)):
