@@ -406,7 +406,7 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
     for x in images:
         save_grid(x[:32].cpu(), captions[:32], out / f"samples_{x.shape[-1]}.png", ncol=8)
     if named is not None and not shapes:
-        real_data.save_class_grid(images[0].cpu(), captions, named, ev.classes, out / "per_class_32.png")
+        real_data.save_class_grid(images[0], captions, named, ev.classes, out / "samples_per_class_32.png")
     return report
 
 

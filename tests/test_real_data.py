@@ -359,3 +359,17 @@ def test_classifier_fit_trains_under_no_grad():  # train_toy.evaluate runs under
         assert not torch.is_grad_enabled()  # and stays so for the caller
     torch.manual_seed(0)
     assert not torch.equal(ev.head.weight, rd.ClassEvaluator(CLASSES).head.weight)  # moved from its init
+
+
+def test_class_grid_puts_each_class_on_its_row(tmp_path):
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
+    images = colours[:, :, None, None].expand(4, 3, 32, 32)
+    named = [{"class": c} for c in ("b", "a", "b", "a")]
+    path = rd.save_class_grid(images, ["x"] * 4, named, ["a", "b", "c"], tmp_path / "g.png", per_class=3)
+    grid = np.asarray(Image.open(path))
+    cell_w, cell_h = 32 * 4 + 4, grid.shape[0] // 3  # 128 px images and a caption line per cell, pad 4
+    assert grid.shape[1] == 3 * cell_w + 4
+    centre = lambda row, col: tuple(grid[4 + row * cell_h + 64, 4 + col * cell_w + 64])
+    assert [centre(0, 0), centre(0, 1), centre(1, 0), centre(1, 1)] == [
+        (0, 255, 0), (255, 255, 0), (255, 0, 0), (0, 0, 255)]  # class a: images 1, 3; class b: 0, 2
+    assert {centre(r, c) for r, c in ((0, 2), (1, 2), (2, 0), (2, 1), (2, 2))} == {(255, 255, 255)}  # blanks

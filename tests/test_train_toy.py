@@ -137,6 +137,9 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("sampling.guidance", "inf", "--sampling.guidance inf: must be a finite number"),
     ("sampling.up_steps", "2,1", "--sampling.up_steps 2,1: must be >= 2"),
     ("sampling.up_steps", "5", "--sampling.up_steps 5: needs one value per upsampler (2)"),
+    ("data", "mnist:/data", "--data mnist:/data: must be shapes, fashion_mnist:PATH, cifar10:PATH or"),
+    ("data", "fashion_mnist:", "--data fashion_mnist:: must be shapes"),
+    ("data", "fashion_mnist:/no/such", "--data fashion_mnist:/no/such: /no/such does not exist"),
     ("sampling.decoder_steps", "1001", "--sampling.decoder_steps 1001: must be <= --decoder.timesteps 1000"),
     ("opt_prior.batch", "four", "--opt_prior.batch four: must be an int"),
     ("up1.low_res", "16", "--up1.low_res 16: must equal --clip.image_resolution 32"),
@@ -299,3 +302,55 @@ def test_ddp_with_gloo_two_processes(finished_run, tmp_path):
     ck = torch.load(out / "prior.pt", weights_only=True)
     assert ck["train"]["step"] == STEPS
     assert "prior step 4/4" in proc.stdout and "evaluation skipped" in proc.stdout
+
+
+def test_data_sizes_load_what_the_stages_need():
+    cfg = train_config.Config()
+    assert cfg.data_sizes(["clip"]) == (32, 64, 128)  # Shapes renders every size
+    cfg.data = "folder:photos"
+    assert [cfg.data_sizes(s) for s in (["clip", "decoder"], ["up1"], ["decoder", "up2"])] == [
+        (32,), (32, 64), (32, 64, 128)]
+    for cfg.data in ("fashion_mnist:x", "cifar10:x"):  # 32x32 only
+        assert cfg.data_sizes(list(train_config.STAGES)) == (32,)
+
+
+def test_a_labelled_real_set_evaluates_on_its_held_out_split_with_its_own_classifier(tmp_path, monkeypatch):
+    from test_real_data import write_idx_set
+
+    import real_data
+    write_idx_set(tmp_path / "fashion", n_train=48, n_test=12)
+    opened, fits, real_open, fit = [], [], real_data.open_dataset, real_data.ClassEvaluator.fit.__func__
+    monkeypatch.setattr(real_data, "open_dataset",
+                        lambda *a, **k: opened.append(k["train"]) or real_open(*a, **k))
+    monkeypatch.setattr(real_data.ClassEvaluator, "fit",
+                        classmethod(lambda cls, *a, **k: fits.append(1) or fit(cls, *a, steps=2)))
+    args = TINY + ["--out", str(tmp_path / "run"), "--data", f"fashion_mnist:{tmp_path / 'fashion'}"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = train_toy.main(args)
+    assert opened[0] is True and False in opened  # the training split for training, the test split to score
+    assert "up1: skipped, the data has no 64x64 images" in printed.getvalue()
+    assert report["n"] == 4 and report["class_accuracy_32"]["all"]["n"] == 4
+    for key in ("class_accuracy_real", "prior_retrieval"):
+        assert 0 <= report[key]["all"]["acc"] <= 1
+    assert 0 <= report["classifier_test_accuracy"] <= 1 and report["fd_classifier"] >= 0
+    assert (tmp_path / "run" / "samples_per_class_32.png").exists() and len(fits) == 1
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_toy.main(args + ["--stages", "decoder", "--resume"])  # the saved classifier is read back
+        assert len(fits) == 1
+        train_toy.main(args + ["--stages", "decoder", "--overwrite"])  # and trained afresh
+    assert len(fits) == 2
+
+
+def test_a_folder_of_large_images_trains_the_whole_cascade(tmp_path):
+    from test_real_data import write_folder
+
+    import real_data
+    write_folder(tmp_path / "photos", [128] * 24)
+    out, printed = tmp_path / "run", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = train_toy.main(TINY + ["--out", str(out), "--data", f"folder:{tmp_path / 'photos'}"])
+    assert "skipped" not in printed.getvalue()
+    assert all((out / f"{name}.pt").exists() for name in ("up1", "up2"))
+    held = real_data.ImageFolderCaptions(tmp_path / "photos", train=False, seed=0)
+    assert (out / "samples_128.png").exists() and report["n"] == len(held) > 0  # the held-out captions
