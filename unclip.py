@@ -93,15 +93,6 @@ class UnCLIP:
             m.to(device)
         return self
 
-    def _last(self, stages: str) -> int:
-        """'all' or a stage name -> the index in STAGES of the last stage to run."""
-        if stages not in ("all", *STAGES):
-            raise ValueError(f"stages must be 'all' or one of {STAGES}, got {stages!r}")
-        if stages.startswith("up") and stages not in self.stages:
-            raise ValueError(f"stage {stages!r} needs an upsampler this pipeline lacks (it has "
-                             f"{', '.join(self.stages)}); {HINT}")
-        return STAGES.index(self.stages[-1] if stages == "all" else stages)
-
     def _autocast(self, precision=None, **_):
         """The context the networks run in: the caller's own for None, else diffusion.autocast's."""
         return contextlib.nullcontext() if precision is None else autocast(self.clip.device, precision)
@@ -110,30 +101,34 @@ class UnCLIP:
         """z_i [n, D], row r drawn with generators[r]; a forward hook reports each network call."""
         ar, calls = isinstance(self.prior, ARPrior), count(1)
         total = self.prior.cfg.pca_dims + 1 if ar else steps  # network calls for one row
+        sample = lambda r, g, **kw: self.prior.sample(z_t[r], states[r], mask[r], guidance_scale=guidance,
+                                                      candidates=candidates, generator=g, **kw)
 
         def tick(*_):  # returns None: a forward hook's return value would replace the output
             if progress:
                 progress("prior", min(next(calls), total), total)
         hook = self.prior.register_forward_hook(tick)
-        try:
-            if not ar:  # the k candidates of row r draw from generators[r] one after the other
-                gens = [g for g in generators for _ in range(candidates)]
-                return self.prior.sample(z_t, states, mask, steps=steps, guidance_scale=guidance,
-                                         candidates=candidates, generator=gens)
-            # token by token, a batch draws from one generator: one row at a time
-            return torch.cat([self.prior.sample(z_t[r:r + 1], states[r:r + 1], mask[r:r + 1],
-                                                guidance_scale=guidance, candidates=candidates,
-                                                generator=g) for r, g in enumerate(generators)])
+        try:  # token by token, a batch draws from one generator: the AR prior samples row by row
+            if ar:
+                return torch.cat([sample(slice(r, r + 1), g) for r, g in enumerate(generators)])
+            # the k candidates of row r draw from generators[r] one after the other
+            return sample(slice(None), [g for g in generators for _ in range(candidates)], steps=steps)
         finally:
             hook.remove()
 
     def _decode(self, rows, seeds, eta=None, fixed=None, decoder_steps=50, decoder_guidance=3.0,
                 upsampler_steps=None, stages="all", progress=None, batch_size=BATCH, stream=False,
                 precision=None):
-        """rows(r, generators) -> (z_i, tokens, mask, x_T) of the rows in slice r (None where absent);
+        """rows(r, generators) -> (z_i, tokens, mask, x_T) of the rows in slice r, one row for all, or None;
         row b draws all its noise from a CPU generator seeded seeds[b]. fixed: a generator for one
         upsampler x_T shared by all rows (an edit's frames). -> generate's dict, or its micro-batches."""
-        last, *_ = self._last(stages), self._autocast(precision), need("decoder_steps", decoder_steps, 2)
+        if stages not in ("all", *STAGES):
+            raise ValueError(f"stages must be 'all' or one of {STAGES}, got {stages!r}")
+        if stages.startswith("up") and stages not in self.stages:
+            raise ValueError(f"stage {stages!r} needs an upsampler this pipeline lacks (it has "
+                             f"{', '.join(self.stages)}); {HINT}")
+        last = STAGES.index(self.stages[-1] if stages == "all" else stages)
+        _ = self._autocast(precision), need("decoder_steps", decoder_steps, 2)  # now, not at a next()
         ups, size = self.upsamplers[:max(0, last - 1)], need("batch_size", batch_size)
         up_steps = (upsampler_steps if isinstance(upsampler_steps, list | tuple)
                     else [upsampler_steps] * len(ups))
@@ -147,17 +142,17 @@ class UnCLIP:
         @torch.no_grad()
         def batch(r):  # the autocast is entered and left within a micro-batch, never across a yield
             gens = [torch.Generator().manual_seed(s) for s in seeds[r]]
+            rows_of = lambda x: x if x is None else x.expand(len(gens), *x.shape[1:])  # one row serves all
             with self._autocast(precision):
-                z_i, tokens, mask, x_T = rows(r, gens)
+                z_i, tokens, mask, x_T = map(rows_of, rows(r, gens))
                 out = {"z_i": z_i}
                 if last > 0:
                     x = out["decoder"] = self.decoder.sample(
                         z_i, tokens, mask, steps=decoder_steps, guidance_scale=decoder_guidance, eta=eta,
                         noise=x_T, generator=gens, progress=report("decoder")).clamp(-1, 1)
-                for i, (up, x_T) in enumerate(zip(ups, up_noise, strict=True)):
-                    x_T = None if x_T is None else x_T.expand(len(x), -1, -1, -1)
-                    x = out[f"up{i + 1}"] = up.sample(x, up_steps[i], noise=x_T, generator=gens,
-                                                      progress=report(f"up{i + 1}"))
+                for stage, up, steps, x_T in zip(STAGES[2:], ups, up_steps, up_noise, strict=False):
+                    x = out[stage] = up.sample(x, steps, noise=rows_of(x_T), generator=gens,
+                                               progress=report(stage))
             return cascade(out)
 
         batches = (batch(slice(b, b + size)) for b in range(0, len(seeds), size))
@@ -200,8 +195,7 @@ class UnCLIP:
         """Images [3, H, W] or [1, 3, H, W] in [-1, 1] -> the bipartite latents [unCLIP] Sec. 3.1: z_i
         [B, D], and x_T [B, 3, S, S] (None if not invert) by DDIM inversion [DDIM] Sec. 4.3 with the
         decoding's steps and guidance, so that DDIM with η = 0 gives the images back."""
-        xs = [torch.as_tensor(x, dtype=torch.float32) for x in images]
-        xs = [x[None] if x.dim() == 3 else x for x in xs]
+        xs = [(x[None] if x.dim() == 3 else x).float() for x in map(torch.as_tensor, images)]
         if any(x.dim() != 4 or x.shape[:2] != (1, 3) for x in xs):
             raise ValueError(f"expected images [3, H, W] or [1, 3, H, W], got {[tuple(x.shape) for x in xs]}")
         fit = lambda x, S: x if x.shape[-2:] == (S, S) else F.interpolate(
@@ -216,16 +210,15 @@ class UnCLIP:
     def variations(self, image, n=4, eta=1.0, seed=0, invert=True, **options):
         """[unCLIP] Sec. 3.1: decode the image's bipartite latent (z_i, x_T) n times with DDIM η > 0:
         variations keep what CLIP encodes, and η -> 0 gives the image back; invert=False: a random x_T.
-        Variation j draws its noise from a generator seeded seed + j. -> generate's dict."""
+        Variation j draws its noise from a generator seeded seed + j."""
         z_i, x_T = self._latents([image], invert, **options)  # [1, D], [1, 3, S, S] or None
-        expand = lambda x, g: x if x is None else x.expand(len(g), *x.shape[1:])
-        return self._decode(lambda r, g: (expand(z_i, g), None, None, expand(x_T, g)),
-                            range(seed, seed + need("n", n)), eta, **options)
+        rows = lambda r, g: (z_i, None, None, x_T)  # every variation the same latent
+        return self._decode(rows, range(seed, seed + need("n", n)), eta, **options)
 
     def interpolate(self, image_a, image_b, steps=5, seed=0, invert=True, **options):
         """[unCLIP] Sec. 3.2: frame θ (evenly spaced in [0, 1]) decodes slerp(z_a, z_b, θ) with DDIM
         η = 0 from slerp(x_T(a), x_T(b), θ), so the ends reconstruct a and b; invert=False: one random x_T
-        for all frames (Fig. 4). The seed fixes that x_T and the upsamplers' noise. -> generate's dict."""
+        for all frames (Fig. 4). The seed fixes that x_T and the upsamplers' noise."""
         theta, fixed = torch.linspace(0, 1, need("steps", steps, 2)), torch.Generator().manual_seed(seed)
         z, x_T = self._latents([image_a, image_b], invert, **options)  # [2, D], [2, 3, S, S] or None
         if x_T is None:  # one random x_T, drawn on the CPU
@@ -236,8 +229,7 @@ class UnCLIP:
     def text_diff(self, image, old_caption, new_caption, thetas=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
                   seed=0, **options):
         """[unCLIP] Sec. 3.3: z_d = norm(z_t(new) - z_t(old)); frame θ decodes slerp(z_i, z_d, θ) with
-        DDIM η = 0 from the image's x_T, so θ = 0 reconstructs it. The seed fixes the upsamplers' noise.
-        -> generate's dict."""
+        DDIM η = 0 from the image's x_T, so θ = 0 reconstructs it. The seed fixes the upsamplers' noise."""
         z_i, x_T = self._latents([image], True, **options)
         with self._autocast(**options):
             z_t = self.clip.encode_text([old_caption, new_caption])[0]  # [2, D]
@@ -245,9 +237,8 @@ class UnCLIP:
             raise ValueError(f"{old_caption!r} and {new_caption!r} have the same z_t: a text diff "
                              "needs two captions that CLIP tells apart")
         z_theta = slerp(z_i, F.normalize(z_t[1:] - z_t[:1], dim=-1), torch.as_tensor(thetas))  # [K, D]
-        rows = lambda r, g: (z_theta[r], None, None, x_T.expand(len(g), -1, -1, -1))
-        fixed = torch.Generator().manual_seed(seed)
-        return self._decode(rows, range(seed, seed + len(z_theta)), 0.0, fixed, **options)
+        return self._decode(lambda r, g: (z_theta[r], None, None, x_T), range(seed, seed + len(z_theta)),
+                            0.0, torch.Generator().manual_seed(seed), **options)
 
 
 def save_pipeline(path, pipe: UnCLIP) -> None:
@@ -266,7 +257,6 @@ def save_pipeline(path, pipe: UnCLIP) -> None:
         ckpt["prior"] = entry(pipe.prior, kind="ar" if isinstance(pipe.prior, ARPrior) else "diffusion")
     torch.save(ckpt, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
-
 
 
 def _read(path) -> dict:
@@ -339,7 +329,6 @@ def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
     return _assemble({"format": FORMAT, "clip": read("clip.pt"), "decoder": read("decoder.pt"),
                       "tokenizer": {"kind": "byte", "context_length": None, "truncate": True},
                       "prior": prior, "upsamplers": ups}, folder, device)
-
 
 EXAMPLES = """examples:
   python unclip.py "a red circle in the top left" --checkpoint runs/toy/unclip.pt --n 8
@@ -446,9 +435,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def check_loaded(args, pipe: UnCLIP) -> None:
-    """The flags that need the checkpoint: steps within each diffusion's T, captions within the context."""
-    steps = args.upsampler_steps or []
+def load(args) -> UnCLIP:
+    """The pipeline --checkpoint names, on --device, checked against the flags that need it: steps within
+    each diffusion's T, captions within the CLIP's context."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    device = {"auto": "cuda" if cuda else "mps" if mps else "cpu"}.get(args.device, args.device)
+    if not {"cpu": True, "cuda": cuda, "mps": mps}[device]:
+        raise ValueError(f"--device {device} is not available here; use cpu or auto")
+    opener = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
+    pipe, steps = opener(args.checkpoint, device), args.upsampler_steps or []
     per_stage = steps * len(pipe.upsamplers) if len(steps) == 1 else steps  # one value: every upsampler
     limits = [("--steps", args.steps, pipe.decoder)] + [
         ("--upsampler-steps", s, up) for s, up in zip(per_stage, pipe.upsamplers, strict=False)]
@@ -465,18 +460,13 @@ def check_loaded(args, pipe: UnCLIP) -> None:
             if args.strict:
                 raise ValueError(f"{message}; shorten it (without --strict it is truncated)")
             print(f"warning: {message}; only its first {L - 2} tokens are used", file=sys.stderr)
+    return pipe
 
 
 def run(args) -> None:
     """Sample as the flags say: each image to --out-dir as its micro-batch arrives, then the grid."""
     check_args(args)
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    device = {"auto": "cuda" if cuda else "mps" if mps else "cpu"}.get(args.device, args.device)
-    if not {"cpu": True, "cuda": cuda, "mps": mps}[device]:
-        raise ValueError(f"--device {device} is not available here; use cpu or auto")
-    load = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
-    pipe, n, steps = load(args.checkpoint, device), args.n, args.upsampler_steps
-    check_loaded(args, pipe)
+    pipe, n, steps = load(args), args.n, args.upsampler_steps
     progress, done = progress_printer(n * max(1, len(args.captions)))
     options = dict(seed=args.seed, decoder_steps=args.steps, decoder_guidance=args.guidance,
                    upsampler_steps=steps[0] if steps and len(steps) == 1 else steps, stages=args.stage,
