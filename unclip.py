@@ -330,6 +330,7 @@ def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
                       "tokenizer": {"kind": "byte", "context_length": None, "truncate": True},
                       "prior": prior, "upsamplers": ups}, folder, device)
 
+
 EXAMPLES = """examples:
   python unclip.py "a red circle in the top left" --checkpoint runs/toy/unclip.pt --n 8
   python unclip.py --variations photo.png --n 6 --out variations.png  # --no-invert: from random x_T
