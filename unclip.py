@@ -35,8 +35,7 @@ PRIORS = {"diffusion": (DiffusionPrior, DiffusionPriorConfig), "ar": (ARPrior, A
 
 def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:
     """Spherical interpolation row by row ([unCLIP] Sec. 3.2, Shoemake 1985): a, b [B, ...] or [D],
-    θ a float or [K] -> sin((1-θ)Ω)/sin Ω · a + sin(θΩ)/sin Ω · b with cos Ω = â·b̂. Where sin Ω ≈ 0
-    (parallel or anti-parallel vectors) it is lerp, the parallel limit."""
+    θ a float or [K] -> sin((1-θ)Ω)/sin Ω · a + sin(θΩ)/sin Ω · b, cos Ω = â·b̂; lerp where sin Ω ≈ 0."""
     if a.dim() == 1:  # one vector [D]: a row of one
         out = slerp(a[None], b[None], theta)
         return out[0] if torch.as_tensor(theta).dim() == 0 else out
