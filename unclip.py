@@ -127,7 +127,7 @@ class UnCLIP:
             raise ValueError(f"stage {stages!r} needs an upsampler this pipeline lacks (it has "
                              f"{', '.join(self.stages)}); {HINT}")
         last = STAGES.index(self.stages[-1] if stages == "all" else stages)
-        _ = self._autocast(precision), need("decoder_steps", decoder_steps, 2)  # now, not at a next()
+        _ = self._autocast(precision), need("decoder_steps", decoder_steps, 2)  # raise now, not at a next()
         ups, size = self.upsamplers[:max(0, last - 1)], need("batch_size", batch_size)
         up_steps = (upsampler_steps if isinstance(upsampler_steps, list | tuple)
                     else [upsampler_steps] * len(ups))
