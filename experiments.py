@@ -30,11 +30,8 @@ Symbols and names
 """
 
 import argparse
-import functools
 import json
 import math
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -46,22 +43,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import metrics
 import toy_data
 import train_config
 import train_toy
 import unclip
 from decoder import Decoder
 from prior import ARPrior, DiffusionPrior
-from toy_data import ATTRIBUTES, PAIR_ATTRIBUTES, allowed_pairs
+from scoring import (
+    BANK_SEED,
+    accuracy,
+    binding,
+    diversity,
+    evaluator,
+    free_captions,
+    only_pair,
+    real_row,
+    scenes,
+    score,
+    shapes_batch,
+    timed,
+    versus_unguided,
+    zero_shot,
+)
+from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
 from upsample import resize
 
 EXPERIMENTS = ("prior", "variance", "guidance", "binding", "holdout", "components")
 DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder steps per image
-EVAL_SEED = 7919  # scenes from seed + 7919, as train_toy.evaluate: never rendered for training
-BANK_SEED = 104_729  # the retrieval bank: fresh renders, neither training nor evaluation scenes
-VALUES = {a: getattr(toy_data, f"{a.upper()}S") for a in ATTRIBUTES}  # colour -> COLOURS, ...
-UNNAMED = ("size", "position", "background")  # what "a red circle" leaves free
-evaluator = functools.cache(toy_data.Evaluator)  # one Evaluator: rule-based, shares nothing with CLIP
 
 
 # ----------------------------------------------------------------------------- extra stages
@@ -100,132 +109,7 @@ def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- data and metrics
-def shapes_batch(n: int, seed: int, holdout=(), two_objects=False, sizes=(32,)) -> dict:
-    """n fresh Shapes scenes, collated: caption, named, attrs (lists), images {size: [n, 3, s, s]}."""
-    ds = toy_data.Shapes(n, sizes=sizes, seed=seed, holdout=holdout, two_objects=two_objects)
-    return toy_data.shapes_collate([ds[i] for i in range(n)])
-
-
-def scenes(n: int, seed: int, holdout=(), two_objects=False) -> tuple:
-    """(captions, named dicts, real 32x32 renders [n, 3, 32, 32]) of n fresh Shapes scenes."""
-    batch = shapes_batch(n, seed, holdout, two_objects)
-    return batch["caption"], batch["named"], batch["images"][32]
-
-
-def free_captions(a) -> tuple:
-    """max(2, n / k) captions "a red circle" (size, position, background left free) of pairs the
-    run trained on, and k real renders of each: (captions, real [captions k, 3, 32, 32])."""
-    pairs, k = allowed_pairs(a.holdout), a.per_caption
-    pairs = [pairs[i] for i in np.random.default_rng(a.seed).permutation(len(pairs))[:max(2, a.n // k)]]
-    real = torch.cat([only_pair(p, k, a.seed + EVAL_SEED + 100 + j)[2] for j, p in enumerate(pairs)])
-    return [f"a {c} {s}" for c, s in pairs], real
-
-
-def only_pair(pair, n: int, seed: int) -> tuple:
-    """n scenes of one (colour, shape) pair: every other pair held out (toy_data.sample_scene)."""
-    return scenes(n, seed, holdout=[p for p in allowed_pairs() if p != tuple(pair)])
-
-
-def accuracy(reads: list, named: list) -> dict:
-    """{"all", then each named attribute: fraction read right} (toy_data.attribute_accuracy)."""
-    acc = toy_data.attribute_accuracy(reads, named)
-    return {k: acc[k]["acc"] for k in dict.fromkeys(("all", *ATTRIBUTES, *PAIR_ATTRIBUTES)) if k in acc}
-
-
-def score(pipe, images, captions, named, real, z_i=None, pair=False) -> dict:
-    """Attribute accuracy (Evaluator), CLIP score and FD_CLIP as train_toy.evaluate computes them, one
-    caption, named dict and real render per image; plus "z_i cos" when the row used an embedding."""
-    reads = (evaluator().read_pair if pair else evaluator().read)(images.cpu())
-    z_t = pipe.clip.encode_text(captions)[0]
-    z_gen, z_real = (pipe.clip.encode_image(x.to(pipe.clip.device)) for x in (images, real))
-    row = accuracy(reads, named) | {"CLIP score": toy_data.clip_score(z_gen, z_t),
-                                    "FD_CLIP": toy_data.frechet_distance(z_gen, z_real)}
-    if z_i is not None:
-        row["z_i cos"] = F.cosine_similarity(z_i, z_real).mean().item()
-    cos = F.cosine_similarity(z_gen.double(), z_t.double(), dim=1)  # each image's CLIP score
-    return row | {"_reads": reads, "_z": z_gen, "_cos": cos}
-
-
-def versus_unguided(rows: list, label: str) -> list:
-    """Adds "CLIP score - s=1": each row's per-image CLIP score minus the same image's at guidance 1
-    (row `label`; same scenes and sampling seeds, so the difference is paired), averaged, and the
-    average's standard error. The rows' means alone cannot tell a gain of 0.003 from noise."""
-    base = next((r for r in rows if r["row"] == label), None)
-    for r in rows[1:] if base is not None else ():  # rows[0]: the real renders
-        if r is not base:
-            d = r["_cos"] - base["_cos"]
-            r |= {"CLIP score - s=1": d.mean().item(), "paired SE": (d.std() / len(d) ** 0.5).item()}
-    return rows
-
-
-def real_row(pipe, captions, named, real, pair=False, label="real renders (reference)") -> dict:
-    row = score(pipe, real, captions, named, real, pair=pair)
-    return {"row": label} | {k: v for k, v in row.items() if k != "FD_CLIP"}
-
-
-def diversity(z: torch.Tensor, reads: list, k: int) -> dict:
-    """Within each caption's k images: mean pairwise 1 - cos of their CLIP image embeddings, the fraction
-    of UNNAMED attributes that take >= 2 values, and the mean number of values each takes."""
-    z = z.view(-1, k, z.shape[-1])  # [captions, k, D]
-    spread = (1 - z @ z.transpose(1, 2))[:, ~torch.eye(k, dtype=torch.bool)].mean().item()
-    groups = [reads[i:i + k] for i in range(0, len(reads), k)]
-    distinct = {u: [len({r[u] for r in g}) for g in groups] for u in UNNAMED}  # values per caption
-    varied = [d > 1 for counts in distinct.values() for d in counts]
-    return {"z_i spread": spread, "unnamed varied": sum(varied) / len(varied)} | {
-        f"distinct {u}s": sum(counts) / len(counts) for u, counts in distinct.items()}
-
-
-def binding(reads: list, named: list) -> dict:
-    """Two-object scenes [unCLIP] Sec. 7: do both named colours and both named shapes appear,
-    and if they do, is each colour on its own shape ("bound") or on the other one ("swapped")?"""
-    counts = Counter()
-    for r, n in zip(reads, named, strict=True):
-        got = {(r[f"{s}_colour"], r[f"{s}_shape"]) for s in ("left", "right")}
-        want = {(n[f"{s}_colour"], n[f"{s}_shape"]) for s in ("left", "right")}
-        swap = {(n["left_colour"], n["right_shape"]), (n["right_colour"], n["left_shape"])}
-        colours, shapes = ({c for c, _ in got} == {c for c, _ in want},
-                           {s for _, s in got} == {s for _, s in want})
-        counts.update({"both colours": colours, "both shapes": shapes, "bound": got == want,
-                       "swapped": got == swap, "present": colours and shapes})
-    present = counts["present"]  # both colours and both shapes: only two pairings exist, chance is 1/2
-    return {k: counts[k] / len(reads) for k in ("both colours", "both shapes", "bound", "swapped")} | {
-        "bound given both present": counts["bound"] / present if present else None}
-
-
-def full_caption(attrs: dict) -> str:
-    """A caption naming all five attributes, each in the grammar's first wording."""
-    return (f"a {toy_data.SIZE_WORDS[attrs['size']][0]} {attrs['colour']} {attrs['shape']} "
-            f"{toy_data.POSITION_PHRASES[attrs['position']][0]} on a {attrs['background']} background")
-
-
-def zero_shot(encode_text, z_i: torch.Tensor, attrs: list) -> dict:
-    """[CLIP] zero-shot reading of each attribute: of the captions that differ only in it (the
-    others at their true values), the one whose z_t is closest to the image's z_i [n, D]."""
-    out = {}
-    for attr, values in VALUES.items():
-        captions = [full_caption(t | {attr: v}) for t in attrs for v in values]
-        z_t = encode_text(captions)[0].view(len(attrs), len(values), -1)  # [n, values, D], unit
-        guess = torch.einsum("nd,nvd->nv", z_i, z_t).argmax(1).tolist()
-        out[attr] = sum(values[g] == t[attr] for g, t in zip(guess, attrs, strict=True)) / len(attrs)
-    return out
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[B] PSNR in dB of images x against y [B, 3, H, W] in [-1, 1], on the [0, 1] scale."""
-    return -10 * torch.log10(((x - y) / 2).square().flatten(1).mean(1))
-
-
 # ----------------------------------------------------------------------------- the experiments
-def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) -> dict:
-    """A row: k images per caption up to the decoder, sampled with a.sampling | override, scored, timed."""
-    clock = time.perf_counter()
-    out = pipe.generate(captions, images_per_caption=k, seed=a.seed, stages="decoder",
-                        **(a.sampling | override))
-    row = score(pipe, out["decoder"], [c for c in captions for _ in range(k)], named, real, out["z_i"], pair)
-    row |= diversity(row["_z"], row["_reads"], k) if k > 1 else {}
-    return {"row": label} | row | {"seconds": time.perf_counter() - clock}
-
 
 def exp_prior(a, pipe, cfg) -> tuple:
     """[unCLIP] Sec. 5.1: where z_i comes from, with the decoder fixed. -> (rows, note)"""
@@ -387,12 +271,12 @@ def upsampler_rows(a, pipe, held) -> list:
         seconds = time.perf_counter() - clock
         for label, x in out.items():
             same = [r == w for r, w in zip(evaluator().read(x), evaluator().read(lo), strict=True)]
-            rows.append({"row": f"{lo.shape[-1]}->{H}: {label}", "PSNR": psnr(x, hi).mean().item(),
+            rows.append({"row": f"{lo.shape[-1]}->{H}: {label}", "PSNR": metrics.psnr(x, hi).mean().item(),
                          "L1": (x - hi).abs().mean().item(), "same reading": sum(same) / m})
         rows[-1]["seconds"] = seconds
         shown = torch.cat([v[:8].cpu() for v in (resize(lo, H, "nearest"), *out.values(), hi)])
         labels = [w for w in ("low-res", "bicubic", f"up{i}", "truth") for _ in range(min(8, m))]
-        toy_data.save_grid(shown, labels, a.out / f"components_up{i}.png", ncol=min(8, m))
+        metrics.save_grid(shown, labels, a.out / f"components_up{i}.png", ncol=min(8, m))
     return rows
 
 
@@ -415,15 +299,6 @@ def exp_components(a, pipe, cfg) -> tuple:
 
 
 # ----------------------------------------------------------------------------- tables and CLI
-def machine(device) -> str:
-    cpu, info = platform.processor() or platform.machine(), Path("/proc/cpuinfo")
-    if info.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
-
-
 ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "CLIP score - s=1",
          "paired SE", "FD_CLIP", "z_i cos")
 FORMATS = {"seconds": "{:.1f}", "CLIP score - s=1": "{:+.4f}", "paired SE": "{:.4f}"}  # else {:.3f}
@@ -455,7 +330,7 @@ def run(name: str, a, pipe, cfg) -> dict:
                 + f"{', '.join(map(' '.join, a.holdout)) or 'none'}; run {a.run} (trained with seed "
                 + f"{cfg.get('seed', '?')}); {note}")
     record = {"experiment": name, "command": shlex.join(["python", "experiments.py", name, *a.argv]),
-              "seed": a.seed, "settings": settings, "machine": machine(a.device),
+              "seed": a.seed, "settings": settings, "machine": metrics.machine(a.device),
               "seconds": round(time.perf_counter() - clock, 1)}
     record |= {"rows": tables[""]} if "" in tables else {"tables": tables}
     text = (f"### {TITLES[name]}\n\n    {record['command']}\n\nseed {a.seed}; {settings}.  \n"
@@ -492,7 +367,7 @@ def main(argv=None) -> list:
     p.add_argument("--run", type=Path, default=Path("runs/toy"), help="train_toy.py run folder")
     p.add_argument("--out", type=Path, help="where tables go (default RUN/experiments)")
     p.add_argument("--n", type=int, help="images per row (default 64; variance 32)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed; scenes use seed + 7919")
+    p.add_argument("--seed", type=int, default=0, help=f"sampling seed; scenes use seed + {EVAL_SEED}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--prior-steps", type=int, help="default: the run's sampling config")

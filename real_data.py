@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from toy_data import frechet_distance, save_grid, shapes_collate
+from metrics import frechet_distance, save_grid
+from toy_data import shapes_collate
 
 KINDS = ("cifar10", "fashion_mnist", "folder")  # the --data kinds besides shapes, each KIND:PATH
 
@@ -340,7 +341,7 @@ class ClassEvaluator(nn.Module):
         return (self._run(x, self).argmax(1) == torch.as_tensor(labels)).double().mean().item()
 
     def frechet(self, x, y) -> float:
-        """FD between Gaussians fitted to phi(x) and phi(y) (toy_data.frechet_distance)."""
+        """FD between Gaussians fitted to phi(x) and phi(y) (metrics.frechet_distance)."""
         return frechet_distance(self._run(x, self.phi), self._run(y, self.phi))
 
     def save(self, path) -> Path:

@@ -1,4 +1,5 @@
-"""The toy world: Shapes scenes and captions, an exact evaluator, metrics (real data: real_data.py).
+"""The toy world: Shapes scenes and captions, an exact evaluator (real data: real_data.py; generic
+measures such as the CLIP score and FD: metrics.py).
 
 Shapes is a procedurally rendered, captioned dataset with a known ground truth, so an image
 generated from a caption can be checked exactly: one object (or a left and a right one) on a
@@ -10,21 +11,19 @@ Symbols and names
     x          images [B, 3, H, W] in [-1, 1]; the 32/64/128 views of one scene agree
     b, p, c    background and object colour (RGB in [0, 1]), coverage: a pixel is x = b + c (p - b)
     C_n        complex moment sum c (z - z_bar)^n, z = column + i row; blur leaves it unchanged
-    z_i, z_t   unit CLIP image / caption embeddings [B, D] (only the metrics see them)
 """
 
 import math
-import os
 import re
-import textwrap
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from metrics import save_grid
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -46,6 +45,9 @@ JITTER_XY, JITTER_R, JITTER_DEG = 0.02, 0.05, 15.0  # small: a square never turn
 CROSS_ARM = 0.25  # arm width / span; thin arms keep a blurred cross far from a square
 RENDER_SIZE = 256  # every view is an area average of one 256x256 drawing
 P_NAMED = {"size": 0.6, "position": 0.6, "background": 0.5}  # P(a caption names it)
+# held-out scenes are Shapes(seed=run seed + EVAL_SEED): train_toy.evaluate and experiments.py score
+# the same scenes, which no training stage renders (training uses the run seed itself)
+EVAL_SEED = 7919
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -378,62 +380,6 @@ def attribute_accuracy(reads: list, named: list) -> dict:
         all_right += all(right.values())
     return {k: {"acc": hits[k] / n, "n": n} for k, n in counts.items()} | {
         "all": {"acc": all_right / max(len(reads), 1), "n": len(reads)}}
-
-
-def clip_score(z_i: torch.Tensor, z_t: torch.Tensor) -> float:
-    """CLIP score: the mean cosine of paired image and caption embeddings [B, D]."""
-    if z_i.shape != z_t.shape or z_i.ndim != 2:
-        raise ValueError(f"z_i {tuple(z_i.shape)} and z_t {tuple(z_t.shape)} must both be [B, D]")
-    return F.cosine_similarity(z_i.double(), z_t.double(), dim=1).mean().item()
-
-
-def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Frechet distance of Gaussians fitted to x [N, D] and y [M, D] ([FID] Heusel et al. 2017):
-        |mu_x - mu_y|^2 + tr S_x + tr S_y - 2 tr (S_x^1/2 S_y S_x^1/2)^1/2
-    in float64 with symmetric eigendecompositions only: S_x^1/2 S_y S_x^1/2 is symmetric PSD,
-    so the trace of its root is the sum of its roots of eigenvalues (no sqrtm, no NaN)."""
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
-        raise ValueError(f"need x [N, D] and y [M, D] with N, M >= 2, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    x, y = x.detach().double().cpu(), y.detach().double().cpu()
-    s_x, s_y = (torch.cov(a.T).reshape(a.shape[1], a.shape[1]) for a in (x, y))
-    e, q = torch.linalg.eigh(s_x)
-    root_x = (q * e.clamp_min(0).sqrt()) @ q.T  # S_x^1/2
-    middle = root_x @ s_y @ root_x
-    tr_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
-    return ((x.mean(0) - y.mean(0)).square().sum() + s_x.trace() + s_y.trace() - 2 * tr_root).item()
-
-
-def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -> Path:
-    """A PNG of images (tensor [B, 3, H, W] in [-1, 1] or PIL) with their captions under them,
-    enlarged by nearest neighbour (default: to about 128 px) so 32x32 stays legible."""
-    images = [im.convert("RGB") if isinstance(im, Image.Image) else Image.fromarray(
-        ((im.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
-        .numpy()) for im in images]
-    if len(images) != len(captions) or not images:
-        raise ValueError(f"got {len(images)} images and {len(captions)} captions: need as many "
-                         "of each, at least one")
-    w, h = images[0].size
-    scale, pad, line = scale or max(1, 128 // w), 4, 12
-    try:
-        font = ImageFont.load_default(size=10)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
-    lines = [textwrap.wrap(c, max(8, int(w * scale / font.getlength("x")))) for c in captions]
-    cell_w, cell_h = w * scale + pad, h * scale + 2 * pad + line * max(map(len, lines))
-    ncol = min(ncol, len(images))
-    sheet = Image.new("RGB", (ncol * cell_w + pad, -(-len(images) // ncol) * cell_h + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, (im, text) in enumerate(zip(images, lines, strict=True)):
-        x0, y0 = pad + k % ncol * cell_w, pad + k // ncol * cell_h
-        sheet.paste(im.resize((w * scale, h * scale), Image.NEAREST), (x0, y0))
-        for j, words in enumerate(text):
-            draw.text((x0, y0 + h * scale + pad + j * line), words, fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
-    os.replace(tmp, path)  # atomic: a crash never leaves half a grid behind
-    return path
 
 
 def main():

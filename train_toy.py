@@ -37,7 +37,8 @@ import real_data
 import toy_data
 import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip, save_clip, train_clip
-from toy_data import Shapes, attribute_accuracy, clip_score, frechet_distance, save_grid, shapes_collate
+from metrics import clip_score, frechet_distance, save_grid
+from toy_data import Shapes, attribute_accuracy, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
 
@@ -364,8 +365,8 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
     """The metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
     s, shapes = cfg.sampling, cfg.data == "shapes"
     if shapes:  # another seed: scenes and captions the training never saw
-        res = cfg.clip.image_resolution
-        held = Shapes(cfg.eval_size, sizes=(res,), seed=cfg.seed + 7919, holdout=cfg.holdout_pairs)
+        res, seed = cfg.clip.image_resolution, cfg.seed + toy_data.EVAL_SEED
+        held = Shapes(cfg.eval_size, sizes=(res,), seed=seed, holdout=cfg.holdout_pairs)
         held = shapes_collate([held[i] for i in range(cfg.eval_size)])
         captions, named, real = held["caption"], held["named"], held["images"][res]
     else:  # the held-out split: IDX's and CIFAR-10's test files, a folder's held-out captions

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiments
+import metrics
+import scoring
 import train_config
 import train_toy
 from toy_data import ATTRIBUTES, parse_caption, render, sample_scene
@@ -130,20 +132,20 @@ def check_paired(rows, base):
 
 def test_psnr_and_zero_shot_scorer():
     x = torch.zeros(2, 3, 8, 8)
-    assert experiments.psnr(x, x + 0.2).tolist() == pytest.approx([20.0, 20.0])  # 0.1 on [0, 1]
-    assert experiments.psnr(x, x).isinf().all()
+    assert metrics.psnr(x, x + 0.2).tolist() == pytest.approx([20.0, 20.0])  # 0.1 on [0, 1]
+    assert metrics.psnr(x, x).isinf().all()
     rng = np.random.default_rng(0)
     attrs = [sample_scene(rng).attrs for _ in range(12)]
-    assert all(parse_caption(experiments.full_caption(t)) == t for t in attrs)
-    values = [(a, v) for a, vs in experiments.VALUES.items() for v in vs]
+    assert all(parse_caption(scoring.full_caption(t)) == t for t in attrs)
+    values = [(a, v) for a, vs in scoring.VALUES.items() for v in vs]
 
     def embed(named: list) -> torch.Tensor:  # a fake CLIP: one unit per attribute value
         return F.normalize(torch.tensor([[float(t[a] == v) for a, v in values] for t in named]), dim=-1)
 
     encode_text = lambda captions: (embed([parse_caption(c) for c in captions]),)
-    assert experiments.zero_shot(encode_text, embed(attrs), attrs) == dict.fromkeys(ATTRIBUTES, 1.0)
+    assert scoring.zero_shot(encode_text, embed(attrs), attrs) == dict.fromkeys(ATTRIBUTES, 1.0)
     moved = [t | {"position": "center" if t["position"] != "center" else "top"} for t in attrs]
-    scores = experiments.zero_shot(encode_text, embed(moved), attrs)  # images elsewhere: all wrong
+    scores = scoring.zero_shot(encode_text, embed(moved), attrs)  # images elsewhere: all wrong
     assert scores == dict.fromkeys(ATTRIBUTES, 1.0) | {"position": 0.0}
 
 
@@ -210,34 +212,34 @@ def two_object_renders(n=12, seed=0, edit=lambda a, b: (a, b)):
 
 
 def test_binding_scorer_on_renders():
-    read = experiments.evaluator().read_pair
+    read = scoring.evaluator().read_pair
     x, named = two_object_renders()
-    assert experiments.binding(read(x), named) == {
+    assert scoring.binding(read(x), named) == {
         "both colours": 1.0, "both shapes": 1.0, "bound": 1.0, "swapped": 0.0,
         "bound given both present": 1.0}
     swap = lambda a, b: (dataclasses.replace(a, colour=b.colour), dataclasses.replace(b, colour=a.colour))
     x, named = two_object_renders(edit=swap)
-    assert experiments.binding(read(x), named) == {
+    assert scoring.binding(read(x), named) == {
         "both colours": 1.0, "both shapes": 1.0, "bound": 0.0, "swapped": 1.0,
         "bound given both present": 0.0}
     same = lambda a, b: (a, dataclasses.replace(b, colour=a.colour))  # one colour twice
     x, named = two_object_renders(edit=same)
-    scores = experiments.binding(read(x), named)
+    scores = scoring.binding(read(x), named)
     assert scores["both colours"] == 0 and scores["bound"] == 0 and scores["swapped"] == 0
     assert scores["bound given both present"] is None
 
 
 def test_diversity_and_single_pair_scenes():
-    captions, named, real = experiments.only_pair(("green", "cross"), 8, seed=3)
+    captions, named, real = scoring.only_pair(("green", "cross"), 8, seed=3)
     assert all(n["colour"] == "green" and n["shape"] == "cross" for n in named)
-    reads = experiments.evaluator().read(real)
+    reads = scoring.evaluator().read(real)
     z = F.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    varied = experiments.diversity(z, reads, k=4)
+    varied = scoring.diversity(z, reads, k=4)
     assert varied["unnamed varied"] > 0.5 and varied["z_i spread"] > 0.5  # random scenes, vectors
-    assert all(1 <= varied[f"distinct {u}s"] <= 4 for u in experiments.UNNAMED)
+    assert all(1 <= varied[f"distinct {u}s"] <= 4 for u in scoring.UNNAMED)
     assert varied["distinct positions"] > 1
-    same = experiments.diversity(z[:1].expand(8, -1), [reads[0]] * 8, k=4)
+    same = scoring.diversity(z[:1].expand(8, -1), [reads[0]] * 8, k=4)
     assert same == {"z_i spread": pytest.approx(0.0, abs=1e-6), "unnamed varied": 0.0, "distinct sizes": 1,
                     "distinct positions": 1, "distinct backgrounds": 1}
-    orthogonal = experiments.diversity(torch.eye(4), reads[:4], k=4)  # 1 - cos = 1 for every pair
+    orthogonal = scoring.diversity(torch.eye(4), reads[:4], k=4)  # 1 - cos = 1 for every pair
     assert orthogonal["z_i spread"] == pytest.approx(1.0)

@@ -131,58 +131,6 @@ def test_attribute_accuracy_scores_only_named():
         td.attribute_accuracy(reads[:1], [{"left_colour": "red"}])
 
 
-def exact_gaussian_sample(mean, cov, n, seed):
-    """n points whose empirical mean and (unbiased) covariance are exactly mean and cov."""
-    z = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed),
-                    dtype=torch.float64)
-    z = z - z.mean(0)
-    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T  # whiten exactly
-    return z @ torch.linalg.cholesky(cov).T + mean
-
-
-def test_frechet_distance_closed_forms():
-    # 2-D, non-commuting covariances: tr sqrt(A) = sqrt(tr A + 2 sqrt(det A)) for 2x2 PSD A,
-    # with A = S1^1/2 S2 S1^1/2: tr A = tr(S1 S2), det A = det S1 det S2
-    m1, m2 = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 0.0],
-                                                                          dtype=torch.float64)
-    s1 = torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
-    s2 = torch.tensor([[0.5, -0.3], [-0.3, 1.5]], dtype=torch.float64)
-    tr_root = math.sqrt((s1 @ s2).trace() + 2 * math.sqrt(s1.det() * s2.det()))
-    want = ((m1 - m2) ** 2).sum() + s1.trace() + s2.trace() - 2 * tr_root
-    x, y = exact_gaussian_sample(m1, s1, 50, 0), exact_gaussian_sample(m2, s2, 70, 1)
-    assert td.frechet_distance(x, y) == pytest.approx(want.item(), rel=1e-9)
-    assert td.frechet_distance(y.float(), x.float()) == pytest.approx(want.item(), rel=1e-5)
-    # 16-D, same eigenvectors: sum (sqrt a - sqrt b)^2, after a shared random rotation
-    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(2),
-                                       dtype=torch.float64))
-    a, b = torch.linspace(0.1, 3, 16, dtype=torch.float64), torch.linspace(2, 0.5, 16,
-                                                                           dtype=torch.float64)
-    x = exact_gaussian_sample(torch.zeros(16), q @ torch.diag(a) @ q.T, 100, 3)
-    y = exact_gaussian_sample(torch.ones(16), q @ torch.diag(b) @ q.T, 100, 4)
-    want = 16 + ((a.sqrt() - b.sqrt()) ** 2).sum().item()
-    assert td.frechet_distance(x, y) == pytest.approx(want, rel=1e-9)
-    assert abs(td.frechet_distance(x, x)) < 1e-9
-
-
-def test_clip_score():
-    z_i = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    z_t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]) / torch.tensor([[1.0], [math.sqrt(2)]])
-    assert td.clip_score(z_i, z_t) == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
-
-
-def test_save_grid(tmp_path):
-    b = batch_of(10, (32,))
-    path = td.save_grid(b["images"][32], b["caption"], tmp_path / "g" / "grid.png", ncol=4)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]  # no temp file left
-    sheet = np.array(Image.open(path))
-    assert sheet.shape[1] == 4 + 4 * (128 + 4) and sheet.shape[0] > 3 * 128
-    tile = sheet[4:132, 4:132]  # first image, enlarged 4x by nearest neighbour
-    assert (tile[::4, ::4] == tile[3::4, 3::4]).all()
-    first = ((b["images"][32][0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    assert (tile[::4, ::4] == first).all()
-    assert (sheet[135:, :132] < 128).any()  # caption text under it
-
-
 def test_dataloader_collates():
     loader = torch.utils.data.DataLoader(td.Shapes(10, (32, 64)), batch_size=4,
                                          collate_fn=td.shapes_collate)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import unclip
+import unclip_cli
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP, save_clip
 from decoder import Decoder, DecoderConfig
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
@@ -377,7 +378,7 @@ def argv_for(files, *args):
 
 def cli(files, capsys, *args):
     """In-process run: (exit status, stderr)."""
-    code = unclip.main(argv_for(files, *args))
+    code = unclip_cli.main(argv_for(files, *args))
     return code, capsys.readouterr().err
 
 
@@ -423,7 +424,7 @@ def test_cli_user_error_has_no_traceback_in_a_process(processes):
 
 def test_cli_help_shows_examples(capsys):
     with pytest.raises(SystemExit) as exit_:
-        unclip.main(["--help"])
+        unclip_cli.main(["--help"])
     text = capsys.readouterr().out
     assert exit_.value.code == 0 and "--text-diff" in text and "examples:" in text
 
@@ -492,7 +493,7 @@ def test_cli_steps_beyond_the_checkpoints_T(files, capsys, args, message):
 
 
 def test_cli_out_dir_batches_and_bounded_grid(files, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(unclip, "GRID", 2)  # the grid keeps 2 of each caption's images
+    monkeypatch.setattr(unclip_cli, "GRID", 2)  # the grid keeps 2 of each caption's images
     grid, out = tmp_path / "grid.png", tmp_path / "all"
     args = ["a red circle", "a blue square", "--n", "3", "--stage", "decoder", "--out", str(grid)]
     code, err = cli(files, capsys, *args, "--out-dir", str(out), "--batch-size", "2")
