@@ -365,8 +365,8 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
     """The metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
     s, shapes = cfg.sampling, cfg.data == "shapes"
     if shapes:  # another seed: scenes and captions the training never saw
-        res, seed = cfg.clip.image_resolution, cfg.seed + toy_data.EVAL_SEED
-        held = Shapes(cfg.eval_size, sizes=(res,), seed=seed, holdout=cfg.holdout_pairs)
+        res = cfg.clip.image_resolution
+        held = Shapes(cfg.eval_size, (res,), cfg.seed + toy_data.EVAL_SEED, holdout=cfg.holdout_pairs)
         held = shapes_collate([held[i] for i in range(cfg.eval_size)])
         captions, named, real = held["caption"], held["named"], held["images"][res]
     else:  # the held-out split: IDX's and CIFAR-10's test files, a folder's held-out captions
@@ -393,9 +393,8 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
         if shapes:
             ev, key = toy_data.Evaluator(), "accuracy"
         else:  # trained once on the training split, never on CLIP or generated images
-            ev, key = real_data.ClassEvaluator.load_or_train(
-                out / "classifier.pt", real_data.open_dataset(cfg.data, train=True, seed=cfg.seed), held_set,
-                log=log), "class_accuracy"
+            train_set, key = real_data.open_dataset(cfg.data, train=True, seed=cfg.seed), "class_accuracy"
+            ev = real_data.ClassEvaluator.load_or_train(out / "classifier.pt", train_set, held_set, log=log)
             report |= {"classifier_test_accuracy": ev.info.get("test_accuracy"),
                        "class_accuracy_real": attribute_accuracy(ev.read(real), named),  # the ceiling
                        "fd_classifier": ev.frechet(images[0].cpu(), real)}
