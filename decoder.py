@@ -83,6 +83,14 @@ class DecoderConfig(UNetConfig):
     mean_type: str = "eps"
 
 
+def toy_config(**fields) -> DecoderConfig:
+    """DecoderConfig() is [GLIDE]/[unCLIP]'s decoder at toy width; train_toy.py trains this preset, whose
+    departures make background, position and shape learnable in CPU-minutes: v prediction [PD], coordinate
+    channels, the z_i map, one ResBlock a level, attention at 8x8 only (README, "The decoder")."""
+    return DecoderConfig(**dict(num_res_blocks=1, mean_type="v", coords=True, clip_map=True,
+                                attention_resolutions=(8,)) | fields)
+
+
 def group_norm(ch: int) -> nn.GroupNorm:
     # ADM uses 32 groups; gcd keeps tiny test widths legal.
     return nn.GroupNorm(math.gcd(32, ch), ch)

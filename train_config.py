@@ -17,7 +17,7 @@ import torch.nn as nn
 import diffusion
 import real_data
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
-from decoder import Decoder, DecoderConfig
+from decoder import Decoder, DecoderConfig, toy_config
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
 from toy_data import Shapes
 from upsample import Upsampler, UpsamplerConfig, stage_config
@@ -71,11 +71,8 @@ class Config:
     # 64 buckets per component, not the paper's 1024: at the toy budget 1024-way heads stay near a
     # uniform guess (README, Experiments 1)
     ar_prior: ARPriorConfig = field(default_factory=lambda: ARPriorConfig(buckets=64))
-    # v prediction, coordinate channels and a z_i map: toy-budget departures from GLIDE's decoder
-    # that make background, position and shape learnable in minutes; attention at 8x8 only, where
-    # it is cheap (README, "The decoder")
-    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(
-        num_res_blocks=1, mean_type="v", coords=True, clip_map=True, attention_resolutions=(8,)))
+    # the toy preset beside the paper's DecoderConfig(): decoder.toy_config says what differs and why
+    decoder: DecoderConfig = field(default_factory=toy_config)
     up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
     # CLIP learns position last (a late drop of the loss): it needs about 2000 steps of 128 (README,

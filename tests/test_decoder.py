@@ -2,6 +2,7 @@
 clipping, the DDIM inversion round trip, overfitting, save/load, and the conv-only UNet the
 upsamplers reuse."""
 
+import dataclasses
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from decoder import (
     ResBlock,
     UNet,
     UNetConfig,
+    toy_config,
 )
 from diffusion import timestep_embedding
 
@@ -414,3 +416,14 @@ def test_bad_input_gets_a_clear_error():
         model.net(x, t, z[:, :8], tokens, mask)
     with pytest.raises(ValueError, match="out_channels"):
         Decoder(DecoderConfig(**{**TINY, "out_channels": 3}))
+
+
+def test_paper_decoder_and_toy_preset():
+    # DecoderConfig() keeps GLIDE/unCLIP's choices: eps prediction, learned-range variance, two
+    # ResBlocks a level, attention at 16x16 and 8x8, no coordinate channels or z_i map, 4 z_i tokens
+    paper, toy = DecoderConfig(), toy_config()
+    assert (paper.mean_type, paper.learn_sigma, paper.num_res_blocks, paper.attention_resolutions,
+            paper.coords, paper.clip_map, paper.clip_tokens) == ("eps", True, 2, (16, 8), False, False, 4)
+    changed = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(toy, f.name)}
+    assert changed == {"mean_type", "coords", "clip_map", "num_res_blocks", "attention_resolutions"}
+    assert toy_config(channels=16).channels == 16 and toy_config(mean_type="eps").mean_type == "eps"
