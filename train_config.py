@@ -40,7 +40,7 @@ class Sampling:
     decoder_steps: int = 50  # the paper uses 250; [IDDPM] shows learned Σ keeps quality at 50
     guidance: float = 3.0  # decoder classifier-free guidance scale [CFG]
     # [unCLIP] Table 3 uses 27 and 15 DDIM steps; our upsamplers start from bicubic and only add
-    # edges, which fewer steps draw as well (README, "Upsamplers")
+    # edges, which fewer steps draw as well (README, "The upsamplers")
     up_steps: tuple[int, ...] = (10, 6)
 
 
@@ -69,25 +69,25 @@ class Config:
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     # 64 buckets per component, not the paper's 1024: at the toy budget 1024-way heads stay near a
-    # uniform guess (README, Experiments 1)
+    # uniform guess (README, "The prior")
     ar_prior: ARPriorConfig = field(default_factory=lambda: ARPriorConfig(buckets=64))
     # the toy preset beside the paper's DecoderConfig(): decoder.toy_config says what differs and why
     decoder: DecoderConfig = field(default_factory=toy_config)
     up1: UpsamplerConfig = field(default_factory=lambda: stage_config(1))
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
-    # CLIP learns position last (a late drop of the loss): it needs about 2000 steps of 128 (README,
-    # Experiments)
+    # CLIP learns position last (a late drop of the loss): 2000 steps of 128 read every attribute
+    # zero-shot (EXPERIMENTS.md, "Each module on its own")
     opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
     opt_prior: Optim = field(default_factory=lambda: Optim(steps=1200, batch=64, lr=1e-3,
                                                            beta2=0.96, weight_decay=6e-2))
-    # the AR prior's bucket heads need a higher lr and more steps than the diffusion prior (README,
-    # "Prior")
+    # the AR prior's 64-way bucket heads learn more slowly than the diffusion prior's regression:
+    # a higher lr and more steps
     opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=4000, batch=64, lr=3e-3,
                                                               beta2=0.96, weight_decay=6e-2))
     # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast
     opt_decoder: Optim = field(default_factory=lambda: Optim(steps=4500, batch=16, lr=2e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
-    # and a short EMA suit a few hundred steps (README, "Upsamplers")
+    # and a short EMA suit a few hundred steps (README, "The upsamplers")
     opt_up1: Optim = field(default_factory=lambda: Optim(steps=300, batch=16, lr=2e-3, ema=0.995))
     opt_up2: Optim = field(default_factory=lambda: Optim(steps=600, batch=8, lr=2e-3, ema=0.995))
     sampling: Sampling = field(default_factory=Sampling)
