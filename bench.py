@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP, clip_loss
 from decoder import Decoder, DecoderConfig
-from diffusion import autocast, cpu_has_native_bf16
+from diffusion import autocast, autocast_network, cpu_has_native_bf16
 from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig
 from toy_data import make_caption, sample_scene
 from train_toy import Config, Optim, as_float
@@ -178,8 +178,7 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
 
 
 def training_step(case: dict, device, precision: str):
-    """train_toy.train_stage's step with the stage's Optim, phases labelled for the profiler; no
-    .item(): nothing waits for the device."""
+    """train_toy.train_stage's step with its Optim, phases labelled for the profiler; no .item()."""
     params, o = list(case["model"].parameters()), case["optim"]
     opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, o.beta2), weight_decay=o.weight_decay)
     ema = [p.detach().clone() for p in params] if case["ema"] else None
@@ -187,8 +186,7 @@ def training_step(case: dict, device, precision: str):
     def step():
         with record_function("data"):
             batch = case["data"]()
-        with autocast(device, precision):
-            loss = case["loss"](*batch)
+        loss = case["loss"](*batch)  # the network under autocast, as in training (see bench_model)
         loss.backward()
         with record_function("optimizer"):
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -213,8 +211,10 @@ def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = Fal
     model, batch = case["model"].train(), case["batch"]
     if cuda and name in ("decoder", "up1", "up2"):  # the U-Nets: channels-last convolutions
         model.to(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
+    # train_toy's autocast: the networks alone in bf16 (CLIP's: its two towers), the loss in fp32
+    for net in [model.visual, model.transformer] if name == "clip" else [getattr(model, "net", model)]:
+        autocast_network(net, device, precision)
+    flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
     step = training_step(case, device, precision)
     step_s = median_time(step, reps, device, warmup=1 if quick else 3, min_window=0.0 if quick else 1.0)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mb() - rss

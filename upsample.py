@@ -245,7 +245,8 @@ class Upsampler(nn.Module):
         cfg = self.cfg
         self._check(hi_res, cfg.high_res, "hi_res")
         B, device = hi_res.shape[0], hi_res.device
-        with torch.no_grad():
+        # the conditioning is data, not network: made in fp32 even where the caller autocasts
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             # [B,3,h,w]: a box average, the way the Shapes views (and most pyramids) are made
             lo = resize(hi_res, cfg.low_res, "area")
             # [unCLIP] Sec. 2.1, [CDM]: corrupt a random subset of the conditioning

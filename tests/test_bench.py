@@ -53,12 +53,13 @@ def test_quick_run_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     report = bench.main(["--quick", "--only", "prior", "--threads", "1", "--json", str(path)])
     saved = json.loads(path.read_text())
-    assert saved["models"].keys() == {"fp32"} and saved["models"]["fp32"].keys() == {"prior"}
+    p = "bf16" if bench.cpu_has_native_bf16() else "fp32"  # no --precision: diffusion.autocast's "auto"
+    assert saved["models"].keys() == {p} and saved["models"][p].keys() == {"prior"}
     assert saved["threads"] == 1 and saved["native_bf16"] == bench.cpu_has_native_bf16()
     assert saved["matmul"].keys() == {"fp32", "bf16"}
     assert all(m["gflops"] > 0 for m in saved["matmul"].values())
-    r = saved["models"]["fp32"]["prior"]
-    assert set(FIELDS) <= r.keys() and r["precision"] == "fp32"
+    r = saved["models"][p]["prior"]
+    assert set(FIELDS) <= r.keys() and r["precision"] == p
     for key in FIELDS:
         if key not in ("peak_mem_kind", "peak_mem_mb"):
             assert math.isfinite(r[key]) and r[key] > 0, key
@@ -67,14 +68,14 @@ def test_quick_run_json(tmp_path, capsys):
     # the derived columns follow from the measured ones, against the peak of their own precision
     assert r["train_examples_per_s"] == pytest.approx(r["batch"] / r["train_step_s"])
     flop_rate = r["gflop_per_example"] * 1e9 * r["train_examples_per_s"]
-    assert r["peak_fraction"] == pytest.approx(flop_rate / (saved["matmul"]["fp32"]["gflops"] * 1e9))
+    assert r["peak_fraction"] == pytest.approx(flop_rate / (saved["matmul"][p]["gflops"] * 1e9))
     profile = r["profile"]["train"]
     assert sum(profile["percent"].values()) == pytest.approx(100) and 0 < profile["traced_fraction"] <= 1
     assert profile["percent"]["optimizer"] > 0 and profile["percent"]["convolutions"] == 0  # no convs
-    assert report["models"]["fp32"]["prior"] == r
+    assert report["models"][p]["prior"] == r
     out = capsys.readouterr().out
-    assert "| model | precision | params | GFLOP/example (train)" in out and "| prior | fp32 |" in out
-    assert "| prior train | fp32 |" in out
+    assert "| model | precision | params | GFLOP/example (train)" in out and f"| prior | {p} |" in out
+    assert f"| prior train | {p} |" in out
 
 
 class Event:  # the two fields of a profiler event group_of reads
@@ -134,9 +135,11 @@ def test_tiny_decoder_and_upsampler():
     cfg.opt_decoder.batch = 2
     cfg.up1.channels, cfg.opt_up1.batch = 8, 2
     cpu = torch.device("cpu")
-    for name in ("decoder", "up1"):
-        r = bench.bench_model(name, cpu, peak=1e10, reps=1, quick=True, n_sample=2, cfg=cfg)
-        assert r["batch"] == 2 and r["sample_batch"] == 2 and r["sample_s_per_image"] > 0
+    for name, precision in (("decoder", "fp32"), ("up1", "bf16"), ("up1", "fp32")):
+        r = bench.bench_model(name, cpu, peak=1e10, reps=1, quick=True, n_sample=2, cfg=cfg,
+                              precision=precision)
+        assert r["precision"] == precision and r["batch"] == r["sample_batch"] == 2
+        assert r["sample_s_per_image"] > 0
         assert 0 < r["gflop_per_example"] < 0.5 and r["train_examples_per_s"] > 0
     # a wider U-Net costs more FLOPs per example: about 4x for twice the channels
     cfg.up1.channels = 16

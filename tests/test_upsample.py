@@ -140,6 +140,18 @@ def test_loss_crops_target_and_conditioning_alike():
     assert torch.allclose(seen["x_0"], hi - cond, atol=1e-6)
 
 
+def test_conditioning_is_made_in_fp32_under_autocast():
+    seen = []
+    model = Upsampler(UpsamplerConfig(**{**TINY, "augment_prob": 1.0}))
+    model.diffusion.training_losses = lambda model, x_0, t, noise=None, cond=None: (
+        seen.append(cond) or {"loss": x_0.sum() * 0})
+    x = images(4, 16)
+    model.loss(x, seeded(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast around the whole loss
+        model.loss(x, seeded(0))
+    assert seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])
+
+
 def test_net_accepts_crop_and_full_size():
     model = Upsampler(UpsamplerConfig(**TINY))
     for size in (8, 16):  # crop (training) and full (sampling) size
