@@ -280,6 +280,45 @@ def test_vb_term_is_the_kl_and_the_discretized_nll(mean_type, var_type):
     assert torch.allclose(vb.double(), expected, rtol=2e-3, atol=1e-5)
 
 
+def test_nll_bits_per_dim_closed_form():
+    # an ε model off by a constant c: every term of the bound is then noise-free and closed form.
+    # x̂_0 = x_0 − c·√(1/ᾱ_t − 1); with β̃_t the KL at t ≥ 1 is (coef_x0·c·√(1/ᾱ_t − 1))² / (2 β̃_t),
+    # L_0 a discretized Gaussian at mean x̂_0, and the prior KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, 1))
+    T, c = 12, 0.05
+    diff = GaussianDiffusion(cosine_betas(T), "eps", "fixed_small")
+    x_0 = torch.tensor([-1.0, -0.5, 0.0, 127 / 127.5 - 1, 1.0]).reshape(1, 5, 1, 1).repeat(2, 1, 1, 1)
+
+    def model(x_t, t):
+        ab = diff.alpha_bar[t].reshape(-1, 1, 1, 1)
+        return (x_t - ab.sqrt() * x_0) / (1 - ab).sqrt() + c
+
+    betas = cosine_betas(T).double()
+    ab = torch.cumprod(1 - betas, 0)
+    ab_prev = torch.cat([torch.ones(1), ab[:-1]])
+    post_var = betas * (1 - ab_prev) / (1 - ab)
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    nats = 0.0
+    for x in x_0[0].flatten().tolist():
+        nats += 0.5 * (-math.log(1 - ab[-1]) - 1 + (1 - ab[-1]) + ab[-1] * x * x)  # prior
+        for t in range(1, T):
+            coef = betas[t] * ab_prev[t].sqrt() / (1 - ab[t])
+            nats += float((coef * c * (1 / ab[t] - 1).sqrt()) ** 2 / (2 * post_var[t]))
+        m, s = x - c * math.sqrt(1 / ab[0] - 1), math.sqrt(post_var[1])  # L_0: log var clipped to β̃_1
+        hi, lo = phi((x - m + 1 / 255) / s), phi((x - m - 1 / 255) / s)
+        nats -= math.log(hi if x == -1 else 1 - lo if x == 1 else hi - lo)
+    want = float(nats) / 5 / math.log(2)
+    assert want > 1  # every part counts: an off-by-c model pays for its error
+    assert diff.nll_bits_per_dim(model, x_0).tolist() == pytest.approx([want, want], rel=1e-4)
+    # stride 3 with any offset: L_0 and the prior exactly, one t in 3 weighed 3; the offsets' mean is exact
+    g = torch.Generator().manual_seed(0)
+    runs = [diff.nll_bits_per_dim(model, x_0, stride=3, generator=g)[0].item() for _ in range(40)]
+    assert min(runs) < want < max(runs)
+    with pytest.raises(ValueError, match="stride"):
+        diff.nll_bits_per_dim(model, x_0, stride=T)
+    with pytest.raises(ValueError, match="respaced"):
+        diff.respace(4).nll_bits_per_dim(model, x_0)
+
+
 @pytest.mark.parametrize("t_index", [1, 10, 500])
 def test_learned_variance_gradient_past_the_range_points_back(t_index):
     # [IDDPM] Eq. 15 with v beyond ±1: L_vlb must still pull v toward its optimum. With the
