@@ -1,5 +1,5 @@
 """Measures and pictures that do not depend on the data: CLIP score, Frechet distance, PSNR, a
-captioned image grid, and the machine a figure was measured on. train_toy.py, experiments.py,
+captioned image grid, line charts, and the machine a figure was measured on. train_toy.py, experiments.py,
 real_data.py and unclip.py share them; toy_data.py and real_data.py hold the data-specific readers.
 
 Symbols and names
@@ -7,6 +7,7 @@ Symbols and names
     x, y       image batches [B, 3, H, W] in [-1, 1], or feature sets [N, D] for frechet_distance
 """
 
+import math
 import os
 import platform
 import textwrap
@@ -67,10 +68,7 @@ def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -
                          "of each, at least one")
     w, h = images[0].size
     scale, pad, line = scale or max(1, 128 // w), 4, 12
-    try:
-        font = ImageFont.load_default(size=10)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = _font(10)
     lines = [textwrap.wrap(c, max(8, int(w * scale / font.getlength("x")))) for c in captions]
     cell_w, cell_h = w * scale + pad, h * scale + 2 * pad + line * max(map(len, lines))
     ncol = min(ncol, len(images))
@@ -81,8 +79,86 @@ def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -
         sheet.paste(im.resize((w * scale, h * scale), Image.NEAREST), (x0, y0))
         for j, words in enumerate(text):
             draw.text((x0, y0 + h * scale + pad + j * line), words, fill="black", font=font)
+    return _save_png(sheet, path)
+
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list:
+    """About n round values (1, 2 or 5 times a power of ten apart) inside [lo, hi]."""
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= n)
+    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def _label(v: float) -> str:
+    return str(round(v)) if abs(v - round(v)) < 1e-9 and abs(v) < 1e7 else f"{v:.3g}"
+
+
+def _chart(draw, p: dict, box: tuple, font) -> None:
+    """One line chart of panel p (see save_charts) inside box = (left, top, right, bottom) in px."""
+    fx, fy = (math.log10 if p.get(f"log_{a}") else float for a in "xy")
+    pts = [(fx(x), fy(y)) for s in p["series"].values() for x, y in s]
+    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*pts, strict=True))
+    dx, dy = (x1 - x0) or 1.0, (y1 - y0) or abs(y0) or 1.0
+    x0, x1, y0, y1 = x0 - 0.05 * dx, x1 + 0.05 * dx, y0 - 0.05 * dy, y1 + 0.05 * dy
+    left, top, right, bottom = box
+
+    def px(x, y):  # data -> pixels; x already on the drawn (possibly log) scale
+        return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
+
+    draw.rectangle(box, outline="black")
+    xs = sorted({fx(x) for s in p["series"].values() for x, _ in s})
+    for tx in xs if len(xs) <= 8 else _ticks(x0, x1):  # the measured x values when they are few
+        (u, _) = px(tx, y0)
+        draw.line((u, bottom, u, bottom + 3), fill="black")
+        draw.text((u, bottom + 4), _label(10 ** tx if p.get("log_x") else tx), fill="black", font=font,
+                  anchor="ma")
+    for ty in _ticks(y0, y1) if not p.get("log_y") else range(math.ceil(y0), math.floor(y1) + 1):
+        (_, v) = px(x0, ty)
+        draw.line((left - 3, v, left, v), fill="black")
+        draw.text((left - 5, v), _label(10 ** ty if p.get("log_y") else ty), fill="black", font=font,
+                  anchor="rm")
+    draw.text(((left + right) / 2, top - 34), p["title"], fill="black", font=font, anchor="ma")
+    draw.text((left, top - 16), p["y"], fill="black", font=font)
+    draw.text(((left + right) / 2, bottom + 18), p["x"], fill="black", font=font, anchor="ma")
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+    for j, (name, s) in enumerate(p["series"].items()):
+        colour, xy = colours[j % len(colours)], [px(fx(x), fy(y)) for x, y in s]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        for cx, cy in xy if len(xy) <= 40 else ():  # dots only where there are few points
+            draw.ellipse((cx - 2.5, cy - 2.5, cx + 2.5, cy + 2.5), fill=colour)
+        draw.text((right - 4, top + 4 + 13 * j), name, fill=colour, font=font, anchor="ra")
+
+
+def save_charts(panels: list, path, size=(380, 300)) -> Path:
+    """A PNG of line charts side by side, drawn with PIL alone. Each panel is a dict: "title", "x" and
+    "y" (axis labels), "series" {name: [(x, y), ...]}, optional "log_x" / "log_y" (log10 axes). The axes
+    span the data with 5% margins; ticks at round values, or at the measured x when they are few."""
+    if not panels or any(not p.get("series") or not all(p["series"].values()) for p in panels):
+        raise ValueError("every panel needs at least one series with at least one point")
+    for p in panels:
+        for i, a in enumerate("xy"):
+            if p.get(f"log_{a}") and any(pt[i] <= 0 for s in p["series"].values() for pt in s):
+                raise ValueError(f"panel {p.get('title')!r}: a log {a} axis needs {a} > 0")
+    (w, h), font = size, _font(11)
+    sheet = Image.new("RGB", (w * len(panels), h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, p in enumerate(panels):
+        _chart(draw, p, (k * w + 56, 40, k * w + w - 12, h - 36), font)
+    return _save_png(sheet, path)
+
+
+def _save_png(image: Image.Image, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
-    os.replace(tmp, path)  # atomic: a crash never leaves half a grid behind
+    image.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
+    os.replace(tmp, path)  # atomic: a crash never leaves half a picture behind
     return path

@@ -1,4 +1,5 @@
-"""metrics.py: the Frechet distance and CLIP score against closed forms, the grid writer pixel by pixel."""
+"""metrics.py: the Frechet distance and CLIP score against closed forms, the grid and chart writers
+pixel by pixel."""
 
 import math
 
@@ -62,3 +63,29 @@ def test_save_grid(tmp_path):
     first = ((b["images"][32][0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     assert (tile[::4, ::4] == first).all()
     assert (sheet[135:, :132] < 128).any()  # caption text under it
+
+
+def test_save_charts_draws_each_series_where_its_points_are(tmp_path):
+    # the panel's box is (56, 40) - (368, 264) in a 380 x 300 panel; with 5% margins the data
+    # rectangle maps x in [-0.05, 1.05] and y likewise onto it, so (0.5, 0.5) lands at the centre
+    up = [(0, 0), (0.5, 0.5), (1, 1)]
+    flat = [(0, 1), (1, 1)]  # the red series: a horizontal line at the top of the data
+    path = metrics.save_charts([{"title": "t", "x": "x", "y": "y", "series": {"up": up, "flat": flat}},
+                                {"title": "log", "x": "n", "y": "v", "log_x": True, "log_y": True,
+                                 "series": {"a": [(1, 1), (100, 100)]}}], tmp_path / "c.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
+    sheet = np.array(Image.open(path).convert("RGB")).astype(int)
+    assert sheet.shape == (300, 760, 3)
+    blue, red = np.array([0x1F, 0x77, 0xB4]), np.array([0xD6, 0x27, 0x28])
+    near = lambda x, y, c: (np.abs(sheet[y - 2:y + 3, x - 2:x + 3] - c).sum(-1) < 60).any()
+    centre = (round(56 + 312 / 2), round(264 - 224 / 2))
+    assert near(*centre, blue) and not near(*centre, red)
+    top = round(264 - (1 + 0.05) / 1.1 * 224)  # y = 1
+    assert near(round(56 + 0.3 * 312), top, red) and not near(round(56 + 0.3 * 312), centre[1] + 40, red)
+    # log axes: y = 10 is half way up on a log scale, on the line from (1, 1) to (100, 100)
+    assert near(380 + round(56 + 312 / 2), round(264 - 224 / 2), blue)
+    with pytest.raises(ValueError, match="log x axis"):
+        metrics.save_charts([{"title": "t", "x": "", "y": "", "log_x": True, "series": {"a": [(0, 1)]}}],
+                            tmp_path / "d.png")
+    with pytest.raises(ValueError, match="at least one point"):
+        metrics.save_charts([{"title": "t", "x": "", "y": "", "series": {"a": []}}], tmp_path / "d.png")
