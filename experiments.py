@@ -2,12 +2,13 @@
 on its own (EXPERIMENTS.md holds the tables of the default run).
 
     python experiments.py prior    --run runs/toy  # [unCLIP] 5.1: diffusion/AR prior, z_t, caption only
-    python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed variance, 10 ... 250 steps
+    python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed Sigma, bits/dim, 10-250 steps
     python experiments.py guidance --run runs/toy  # [CFG] [GLIDE]: decoder guidance 1 ... 8, prior guidance
     python experiments.py binding  --run runs/toy  # [unCLIP] Sec. 7: colours bound to shapes, two objects
     python experiments.py holdout  --run runs/toy  # compositional generalization to held-out pairs
+    python experiments.py curves   --run runs/toy  # each stage's training loss against its steps
     python experiments.py components --run runs/toy  # CLIP, prior, decoder from true z_i at s = 1 ... 8, ups
-    python experiments.py all      --run runs/toy  # the six, one after the other
+    python experiments.py all      --run runs/toy  # the seven, one after the other
 
 Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
 decoder's 32x32 (the Evaluator reads 32x32; only components runs the upsamplers), and writes
@@ -41,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import metrics
 import toy_data
@@ -52,24 +52,24 @@ from decoder import Decoder
 from prior import ARPrior, DiffusionPrior
 from scoring import (
     BANK_SEED,
-    accuracy,
     binding,
+    bits_per_dim,
+    decoder_rows,
     diversity,
-    evaluator,
     free_captions,
+    loss_curve,
     only_pair,
+    prior_rows,
     real_row,
     scenes,
-    score,
     shapes_batch,
     timed,
+    upsampler_rows,
     versus_unguided,
     zero_shot,
 )
 from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
-from upsample import resize
 
-EXPERIMENTS = ("prior", "variance", "guidance", "binding", "holdout", "components")
 DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder steps per image
 
 
@@ -129,16 +129,28 @@ def exp_prior(a, pipe, cfg) -> tuple:
 
 
 def exp_variance(a, pipe, cfg) -> tuple:
-    """[IDDPM] Sec. 3.1, 4: learned-range vs fixed (beta~_t) variance under fewer sampling steps."""
+    """[IDDPM] Sec. 3.1, 4, Tables 1-2: learned-range vs fixed (beta~_t) variance: the full L_vlb in
+    bits/dim on real renders, and quality under fewer sampling steps."""
     path = train_extra(a, cfg, "exp_fixed_var", "decoder", [
         "--stages", "decoder", "--decoder.learn_sigma", "false", "--decoder.out_channels", "3"])
     fixed, data = Decoder.load(path, map_location=a.device), scenes(a.n, a.seed + EVAL_SEED, a.holdout)
-    rows = [real_row(pipe, *data)]
+    rows, nll, by_name = [real_row(pipe, *data)], [], {}
     for decoder in (pipe.decoder, fixed):
-        name = "learned-range" if decoder.cfg.learn_sigma else "fixed"
+        name, clock = "learned-range" if decoder.cfg.learn_sigma else "fixed", time.perf_counter()
+        bits = bits_per_dim(decoder, pipe.clip, data[0], data[2], a.nll_stride, a.seed)
+        nll.append({"row": f"{name} variance", "bits/dim": bits, "seconds": time.perf_counter() - clock})
         variant = unclip.UnCLIP(pipe.clip, pipe.prior, decoder)
-        rows += [timed(f"{name} variance, {s} steps", variant, *data, a, decoder_steps=s) for s in a.steps]
-    return rows, f"ancestral sampling at the steps of each row; fixed-variance decoder {path}"
+        by_name[name] = [timed(f"{name} variance, {s} steps", variant, *data, a, decoder_steps=s)
+                         for s in a.steps]
+        rows += by_name[name]
+    chart(a, "variance", [{"title": f"{k} against sampling steps", "x": "decoder steps (ancestral)", "y": k,
+                           "log_x": True, "series": {n: along(a.steps, r, k) for n, r in by_name.items()}}
+                          for k in ("all", "FD_CLIP")])
+    k = a.nll_stride
+    every = "every t" if k == 1 else f"one t in {k} (a random offset), weighed {k},"
+    return {"Log-likelihood: the full L_vlb on real renders": nll, "Sampling with fewer steps": rows}, (
+        f"bits/dim from {every} of the {pipe.decoder.cfg.timesteps} steps; ancestral sampling at each row's "
+        f"steps; fixed-variance decoder {path}")
 
 
 def exp_guidance(a, pipe, cfg) -> tuple:
@@ -148,9 +160,16 @@ def exp_guidance(a, pipe, cfg) -> tuple:
     reference = real_row(pipe, [c for c in captions for _ in range(k)], named, real)
     rows = [reference | diversity(reference["_z"], reference["_reads"], k)]
     g0, p = a.sampling["decoder_guidance"], a.prior_guidance
+    scales = sorted({*a.scales, g0})  # g0 also anchors the prior-guidance pair
     rows += [timed(f"decoder s={s:g}, prior s=1", pipe, captions, named, real, a, k=k, decoder_guidance=s)
-             for s in sorted({*a.scales, g0})]  # g0 also anchors the prior-guidance pair
+             for s in scales]
     row = timed(f"decoder s={g0:g}, prior s={p:g}", pipe, captions, named, real, a, k=k, prior_guidance=p)
+    ends = [scales[0], scales[-1]]
+    chart(a, "guidance", [{"title": f"{key} against decoder guidance", "x": "decoder scale s", "y": key,
+                           "series": {"prior s=1": along(scales, rows[1:], key), f"prior s={p:g}": along(
+                               [g0], [row], key)} | ({"real renders": along(ends, [rows[0]] * 2, key)}
+                                                     if key in rows[0] else {})}
+                          for key in ("CLIP score", "FD_CLIP", "z_i spread")])
     return versus_unguided(rows + [row], "decoder s=1, prior s=1"), (
         f"{k} images for each of {len(captions)} captions: {', '.join(captions)}")
 
@@ -166,6 +185,9 @@ def exp_binding(a, pipe, cfg) -> tuple:
              for r, n in zip(rows[1]["_reads"], one[1], strict=True)]
     rows[1]["colour+shape"] = p = sum(right) / len(right)
     rows[2]["bound if independent"] = p * p  # two objects each drawn as well as a single one
+    drew = [f"{c} | drew {r['left_colour']} {r['left_shape']}, {r['right_colour']} {r['right_shape']}"
+            for c, r in zip(two[0], rows[2]["_reads"], strict=True)]
+    metrics.save_grid(rows[2]["_images"][:16], drew[:16], a.out / "binding.png")
     dropped = {"size", "position", "left_size", "right_size"}  # not the point here
     return [{k: v for k, v in r.items() if k not in dropped} for r in rows], (
         "the stack was trained on one-object scenes only: two-object captions are new to it")
@@ -194,90 +216,38 @@ def exp_holdout(a, pipe, cfg) -> tuple:
     return rows, "CLIP, prior and decoder all trained without the held-out pairs"
 
 
-def prior_rows(a, pipe, held) -> list:
-    """Each prior's z_i against the true one, the nearest real render (by cos) in a bank
-    of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
-    sample; z_t and the bank's mean z_i are the baselines, a bank render with the caption's
-    attributes what an exact sampler of p(z_i | y) scores, the true z_i the ceiling."""
-    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
-    z_bank, bank_reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
-    nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
-    captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a)
-    z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
-
-    def row(label, z, z_free=None) -> dict:
-        z = z.expand_as(z_true)
-        return ({"row": label, "z_i cos": F.cosine_similarity(z, z_true).mean().item()}
-                | accuracy(nearest(z), held["named"])
-                | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
-
-    rows = [row("true z_i (retrieval ceiling)", z_true, pipe.clip.encode_image(free_real)),
-            row("z_t as z_i (no prior)", z_t, pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
-            row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
-    # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
-    # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
-    # so a prior can beat this row only by collapsing towards that mean (EXPERIMENTS.md, "Prior")
-    rng = np.random.default_rng(a.seed)
-    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if b.items() >= n.items()] or [j])
-             for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
-    rows.append(row("a bank render with the named attributes (an exact sample given y)", z_bank[match]))
-    priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
-    ar = [p for p in (a.run / "ar_prior.pt", a.run / "exp_ar_prior" / "ar_prior.pt") if p.exists()][:1]
-    priors += [(f"AR prior ({p.relative_to(a.run)})", ARPrior.load(p, map_location=a.device)) for p in ar]
-    # k samples z_i of each caption y [len(y) k, D] with c candidates, seeded as generate seeds them
-    sample = lambda prior, y, k, c: unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
-        y, k, seed=a.seed, prior_steps=a.sampling["prior_steps"], candidates=c, stages="prior")["z_i"]
-    for label, prior in priors:
-        clock, c = time.perf_counter(), a.sampling["candidates"]
-        z = {n: sample(prior, captions, 1, n) for n in dict.fromkeys((c, 1, 2))}
-        rows.append(row(label, z[c], sample(prior, free, k, c))
-                    | {f"cos z_t, best of {n}": F.cosine_similarity(z[n], z_t).mean().item() for n in (1, 2)}
-                    | {"seconds": time.perf_counter() - clock})
-    return rows
+def exp_curves(a, pipe, cfg) -> tuple:
+    """Training curves: each stage's loss against its steps, from the loss history in its checkpoint."""
+    report = a.run / "report.json"
+    seconds = json.loads(report.read_text()).get("seconds", {}) if report.exists() else {}
+    rows, panels = [], []
+    for stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
+        if not (path := a.run / f"{stage}.pt").exists():
+            continue
+        history = torch.load(path, weights_only=True).get("train", {}).get("history")
+        if not history:
+            continue  # a stage file without training state (e.g. written by save())
+        tenth = max(1, len(history) // 10)
+        rows.append({"row": stage, "steps": len(history), "loss, first 10%": float(np.mean(history[:tenth])),
+                     "loss, last 10%": float(np.mean(history[-tenth:])), "train seconds": seconds.get(stage)})
+        curve = loss_curve(history)
+        panels.append({"title": stage, "x": "step", "y": "loss (window mean)",
+                       "log_y": min(v for _, v in curve) > 0, "series": {stage: curve}})
+    if not rows:
+        raise SystemExit(f"{a.run} holds no stage checkpoint with a loss history")
+    chart(a, "curves", panels)
+    return rows, ("per-step training losses averaged over 200 windows; seconds from report.json; clip.pt "
+                  "keeps no loss history (CLIP trains in its own loop) and is not shown")
 
 
-def decoder_rows(a, pipe, held) -> list:
-    """Decode the TRUE z_i of real renders with their caption (as the pipeline does) at
-    each decoder guidance scale of --scales, and without the caption: does the image keep the
-    render's five attributes, and does guidance raise the CLIP score?"""
-    x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
-    z_i = pipe.clip.encode_image(x)
-    tokens, mask = pipe.clip.tokenize(captions)
-    length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
-    with_text = [(f"true z_i and the caption, s={s:g}", (tokens[:, :length], mask[:, :length]), s)
-                 for s in sorted({*a.scales, g0})]
-    without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
-    rows = [real_row(pipe, captions, held["attrs"], x)]
-    for label, text, s in (with_text + without) if pipe.decoder.cfg.text_layers else without:
-        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
-        out = pipe.decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
-                                  guidance_scale=s).clamp(-1, 1)
-        row = score(pipe, out, captions, held["attrs"], x)
-        rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
-                                            "seconds": time.perf_counter() - clock})
-    return versus_unguided(rows, "true z_i and the caption, s=1")
+def chart(a, name: str, panels: list) -> None:
+    """OUT/<name>.png: the experiment's table as line charts (metrics.save_charts)."""
+    metrics.save_charts(panels, a.out / f"{name}.png")
 
 
-def upsampler_rows(a, pipe, held) -> list:
-    """Each upsampler on true low-res renders vs bicubic (the upsampler's own input):
-    PSNR and L1 against the true high-res render, and "same reading" = the fraction the Evaluator
-    reads as it reads the input. Grids OUT/components_up<i>.png: low-res / bicubic / up<i> / truth."""
-    rows, m = [], max(1, a.n // 2)
-    for i, up in enumerate(pipe.upsamplers, 1):
-        lo, hi = (held["images"][s][:m].to(pipe.clip.device) for s in (up.cfg.low_res, up.cfg.high_res))
-        H, steps = hi.shape[-1], (a.up_steps[i - 1:i] or [up.cfg.sample_steps])[0]
-        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(m)]
-        out = {"bicubic": resize(lo, H), f"up{i}, {steps} DDIM steps": up.sample(lo, steps, generator=gens)}
-        seconds = time.perf_counter() - clock
-        for label, x in out.items():
-            same = [r == w for r, w in zip(evaluator().read(x), evaluator().read(lo), strict=True)]
-            rows.append({"row": f"{lo.shape[-1]}->{H}: {label}", "PSNR": metrics.psnr(x, hi).mean().item(),
-                         "L1": (x - hi).abs().mean().item(), "same reading": sum(same) / m})
-        rows[-1]["seconds"] = seconds
-        shown = torch.cat([v[:8].cpu() for v in (resize(lo, H, "nearest"), *out.values(), hi)])
-        labels = [w for w in ("low-res", "bicubic", f"up{i}", "truth") for _ in range(min(8, m))]
-        metrics.save_grid(shown, labels, a.out / f"components_up{i}.png", ncol=min(8, m))
-    return rows
+def along(xs: list, rows: list, key: str) -> list:
+    """[(x, row[key])] for a chart's series: one row per x."""
+    return [(x, r[key]) for x, r in zip(xs, rows, strict=True)]
 
 
 def exp_components(a, pipe, cfg) -> tuple:
@@ -302,10 +272,14 @@ def exp_components(a, pipe, cfg) -> tuple:
 ORDER = ("row", "all", *ATTRIBUTES, *PAIR_ATTRIBUTES, "colour+shape", "CLIP score", "CLIP score - s=1",
          "paired SE", "FD_CLIP", "z_i cos")
 FORMATS = {"seconds": "{:.1f}", "CLIP score - s=1": "{:+.4f}", "paired SE": "{:.4f}"}  # else {:.3f}
-TITLES = {"prior": "Prior ablation [unCLIP] Sec. 5.1", "variance": "Learned variance and few steps [IDDPM]",
-          "guidance": "Guidance trade-off [CFG] [GLIDE]", "binding": "Attribute binding [unCLIP] Sec. 7",
-          "holdout": "Compositional generalization (held-out pairs)",
-          "components": "Each module on its own: CLIP, prior, decoder, upsamplers"}
+EXPERIMENTS = {  # name: (title, the function that measures it -> (rows or {title: rows}, note))
+    "prior": ("Prior ablation [unCLIP] Sec. 5.1", exp_prior),
+    "variance": ("Learned variance: bits/dim and few steps [IDDPM]", exp_variance),
+    "guidance": ("Guidance trade-off [CFG] [GLIDE]", exp_guidance),
+    "binding": ("Attribute binding [unCLIP] Sec. 7", exp_binding),
+    "holdout": ("Compositional generalization (held-out pairs)", exp_holdout),
+    "curves": ("Training curves", exp_curves),
+    "components": ("Each module on its own: CLIP, prior, decoder, upsamplers", exp_components)}
 
 
 def table(rows: list) -> str:
@@ -320,7 +294,9 @@ def table(rows: list) -> str:
 def run(name: str, a, pipe, cfg) -> dict:
     """One experiment -> OUT/name.md and OUT/name.json; returns the JSON record."""
     clock = time.perf_counter()
-    tables, note = globals()[f"exp_{name}"](a, pipe, cfg)  # one table's rows, or {title: rows}
+    a.out.mkdir(parents=True, exist_ok=True)
+    title, measure = EXPERIMENTS[name]
+    tables, note = measure(a, pipe, cfg)  # one table's rows, or {title: rows}
     tables = {t: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
               for t, rows in (tables if isinstance(tables, dict) else {"": tables}).items()}
     prior = "diffusion" if isinstance(pipe.prior, DiffusionPrior) else "AR"
@@ -333,10 +309,9 @@ def run(name: str, a, pipe, cfg) -> dict:
               "seed": a.seed, "settings": settings, "machine": metrics.machine(a.device),
               "seconds": round(time.perf_counter() - clock, 1)}
     record |= {"rows": tables[""]} if "" in tables else {"tables": tables}
-    text = (f"### {TITLES[name]}\n\n    {record['command']}\n\nseed {a.seed}; {settings}.  \n"
+    text = (f"### {title}\n\n    {record['command']}\n\nseed {a.seed}; {settings}.  \n"
             f"machine: {record['machine']}; wall time {record['seconds']:.0f} s\n\n"
             + "\n\n".join((f"#### {t}\n\n" if t else "") + table(r) for t, r in tables.items()) + "\n")
-    a.out.mkdir(parents=True, exist_ok=True)
     for suffix, body in ((".md", text), (".json", json.dumps(record, indent=2, default=str))):
         train_toy.save_atomic_text(a.out / f"{name}{suffix}", body)
     print(text, flush=True)
@@ -375,6 +350,7 @@ def main(argv=None) -> list:
     p.add_argument("--guidance", type=float, help="decoder guidance (default: the run's config)")
     p.add_argument("--steps", default="10,25,50,100,250", help="variance: decoder step counts")
     p.add_argument("--scales", default="1,1.5,2,3,4,6,8", help="guidance, components: decoder scales")
+    p.add_argument("--nll-stride", type=int, default=1, help="variance: bits/dim from one t in k (1: all)")
     p.add_argument("--per-caption", type=int, default=8, help="guidance: images per caption, k")
     p.add_argument("--prior-guidance", type=float, default=3.0, help="guidance: prior scale when on")
     # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations: a bank of n random renders

@@ -20,7 +20,10 @@ import torch.nn.functional as F
 
 import metrics
 import toy_data
+import unclip
+from prior import ARPrior, DiffusionPrior
 from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
+from upsample import resize
 
 BANK_SEED = 104_729  # the retrieval bank: fresh renders, neither training nor evaluation scenes
 VALUES = {a: getattr(toy_data, f"{a.upper()}S") for a in ATTRIBUTES}  # colour -> COLOURS, ...
@@ -145,4 +148,114 @@ def timed(label, pipe, captions, named, real, a, pair=False, k=1, **override) ->
                         **(a.sampling | override))
     row = score(pipe, out["decoder"], [c for c in captions for _ in range(k)], named, real, out["z_i"], pair)
     row |= diversity(row["_z"], row["_reads"], k) if k > 1 else {}
-    return {"row": label} | row | {"seconds": time.perf_counter() - clock}
+    return {"row": label} | row | {"seconds": time.perf_counter() - clock, "_images": out["decoder"]}
+
+
+def bits_per_dim(decoder, clip, captions, real, stride: int = 1, seed: int = 0) -> float:
+    """[IDDPM] Tables 1-2: the decoder's variational bound on -log p(x_0) in bits/dim, averaged over
+    real renders [B, 3, S, S] quantized to 8 bits (the discretized likelihood's grid), each given its
+    own z_i and caption: no dropout, no guidance. The same seed gives every decoder the same t and noise."""
+    x_0 = ((real.float() + 1) * 127.5).round() / 127.5 - 1
+    x_0 = x_0.to(next(decoder.parameters()).device)
+    tokens, mask = clip.tokenize(captions) if decoder.cfg.text_layers > 0 else (None, None)
+    generator = torch.Generator(x_0.device).manual_seed(seed)
+    nll = decoder.diffusion.nll_bits_per_dim(decoder.net, x_0, stride, generator, z_i=clip.encode_image(x_0),
+                                             tokens=tokens, mask=mask)
+    return nll.mean().item()
+
+
+def loss_curve(history: list, points: int = 200) -> list:
+    """[(step, mean loss)] of a stage's per-step loss history, averaged over `points` equal windows."""
+    if not history:
+        raise ValueError("empty loss history")
+    size = max(1, len(history) // points)
+    return [(i + size / 2, sum(history[i:i + size]) / len(history[i:i + size]))
+            for i in range(0, len(history), size)]
+
+
+# ----------------------------------------------------------------------------- each module on its own
+
+def prior_rows(a, pipe, held) -> list:
+    """Each prior's z_i against the true one, the nearest real render (by cos) in a bank
+    of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
+    sample; z_t and the bank's mean z_i are the baselines, a bank render with the caption's
+    attributes what an exact sampler of p(z_i | y) scores, the true z_i the ceiling."""
+    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
+    z_bank, bank_reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
+    nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
+    captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a)
+    z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
+
+    def row(label, z, z_free=None) -> dict:
+        z = z.expand_as(z_true)
+        return ({"row": label, "z_i cos": F.cosine_similarity(z, z_true).mean().item()}
+                | accuracy(nearest(z), held["named"])
+                | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
+
+    rows = [row("true z_i (retrieval ceiling)", z_true, pipe.clip.encode_image(free_real)),
+            row("z_t as z_i (no prior)", z_t, pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
+            row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
+    # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
+    # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
+    # so a prior can beat this row only by collapsing towards that mean (EXPERIMENTS.md, "Prior")
+    rng = np.random.default_rng(a.seed)
+    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if b.items() >= n.items()] or [j])
+             for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
+    rows.append(row("a bank render with the named attributes (an exact sample given y)", z_bank[match]))
+    priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
+    ar = [p for p in (a.run / "ar_prior.pt", a.run / "exp_ar_prior" / "ar_prior.pt") if p.exists()][:1]
+    priors += [(f"AR prior ({p.relative_to(a.run)})", ARPrior.load(p, map_location=a.device)) for p in ar]
+    # k samples z_i of each caption y [len(y) k, D] with c candidates, seeded as generate seeds them
+    sample = lambda prior, y, k, c: unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
+        y, k, seed=a.seed, prior_steps=a.sampling["prior_steps"], candidates=c, stages="prior")["z_i"]
+    for label, prior in priors:
+        clock, c = time.perf_counter(), a.sampling["candidates"]
+        z = {n: sample(prior, captions, 1, n) for n in dict.fromkeys((c, 1, 2))}
+        rows.append(row(label, z[c], sample(prior, free, k, c))
+                    | {f"cos z_t, best of {n}": F.cosine_similarity(z[n], z_t).mean().item() for n in (1, 2)}
+                    | {"seconds": time.perf_counter() - clock})
+    return rows
+
+
+def decoder_rows(a, pipe, held) -> list:
+    """Decode the TRUE z_i of real renders with their caption (as the pipeline does) at
+    each decoder guidance scale of --scales, and without the caption: does the image keep the
+    render's five attributes, and does guidance raise the CLIP score?"""
+    x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
+    z_i = pipe.clip.encode_image(x)
+    tokens, mask = pipe.clip.tokenize(captions)
+    length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
+    with_text = [(f"true z_i and the caption, s={s:g}", (tokens[:, :length], mask[:, :length]), s)
+                 for s in sorted({*a.scales, g0})]
+    without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
+    rows = [real_row(pipe, captions, held["attrs"], x)]
+    for label, text, s in (with_text + without) if pipe.decoder.cfg.text_layers else without:
+        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
+        out = pipe.decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
+                                  guidance_scale=s).clamp(-1, 1)
+        row = score(pipe, out, captions, held["attrs"], x)
+        rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
+                                            "seconds": time.perf_counter() - clock})
+    return versus_unguided(rows, "true z_i and the caption, s=1")
+
+
+def upsampler_rows(a, pipe, held) -> list:
+    """Each upsampler on true low-res renders vs bicubic (the upsampler's own input):
+    PSNR and L1 against the true high-res render, and "same reading" = the fraction the Evaluator
+    reads as it reads the input. Grids OUT/components_up<i>.png: low-res / bicubic / up<i> / truth."""
+    rows, m = [], max(1, a.n // 2)
+    for i, up in enumerate(pipe.upsamplers, 1):
+        lo, hi = (held["images"][s][:m].to(pipe.clip.device) for s in (up.cfg.low_res, up.cfg.high_res))
+        H, steps = hi.shape[-1], (a.up_steps[i - 1:i] or [up.cfg.sample_steps])[0]
+        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(m)]
+        out = {"bicubic": resize(lo, H), f"up{i}, {steps} DDIM steps": up.sample(lo, steps, generator=gens)}
+        seconds = time.perf_counter() - clock
+        for label, x in out.items():
+            same = [r == w for r, w in zip(evaluator().read(x), evaluator().read(lo), strict=True)]
+            rows.append({"row": f"{lo.shape[-1]}->{H}: {label}", "PSNR": metrics.psnr(x, hi).mean().item(),
+                         "L1": (x - hi).abs().mean().item(), "same reading": sum(same) / m})
+        rows[-1]["seconds"] = seconds
+        shown = torch.cat([v[:8].cpu() for v in (resize(lo, H, "nearest"), *out.values(), hi)])
+        labels = [w for w in ("low-res", "bicubic", f"up{i}", "truth") for _ in range(min(8, m))]
+        metrics.save_grid(shown, labels, a.out / f"components_up{i}.png", ncol=min(8, m))
+    return rows

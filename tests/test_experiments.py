@@ -34,8 +34,7 @@ for _stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
 FAST = "--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decoder-steps 2".split()
 ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR prior",
                   "(c) z_t as z_i, no prior (zero-shot)", "(d) caption only, no z_i"],
-        "variance": ["real renders (reference)"] + [f"{v} variance, {s} steps" for v in
-                                                    ("learned-range", "fixed") for s in (2, 3)],
+        "curves": ["prior", "decoder", "up1", "up2"],  # clip.pt keeps no loss history
         "guidance": ["real renders (reference)", "decoder s=1, prior s=1", "decoder s=2, prior s=1",
                      "decoder s=3, prior s=1", "decoder s=3, prior s=3"],
         "binding": ["real renders (reference)", "generated, one object", "generated, two objects"],
@@ -69,6 +68,7 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     records = experiments.main(["all", "--run", str(run), *FAST, "--bank", "64"])
     assert [r["experiment"] for r in records] == list(experiments.EXPERIMENTS)
     check_components(records.pop(), run)  # last, so that it finds the AR prior `prior` trained
+    check_variance(records.pop(1), run)
     for record in records:
         name = record["experiment"]
         assert [row["row"] for row in record["rows"]] == ROWS[name], name
@@ -77,12 +77,15 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
         text = (run / "experiments" / f"{name}.md").read_text()
         assert record["command"] in text and "seed 0" in text and "machine:" in text
         assert text.count("\n|") == len(ROWS[name]) + 2  # header, rule, one line per row
-        for row in record["rows"][1:]:  # generated rows: every metric a finite number
+        for row in record["rows"][1:] if name != "curves" else ():  # generated rows: finite metrics
             for key in ("all", "CLIP score", "FD_CLIP", "seconds"):
                 assert math.isfinite(row[key]) and (key != "all" or 0 <= row[key] <= 1), (name, key)
     assert records[0]["command"].startswith("python experiments.py prior --run")
-    assert "purple triangle" in records[4]["settings"]
-    guidance = records[2]["rows"]
+    check_curves(records[4], run)
+    assert Image.open(run / "experiments" / "guidance.png").size == (3 * 380, 300)
+    assert Image.open(run / "experiments" / "binding.png").size[0] > 4 * 128
+    assert "purple triangle" in records[3]["settings"]
+    guidance = records[1]["rows"]
     assert all(0 <= r["unnamed varied"] <= 1 and r["z_i spread"] >= 0 for r in guidance)
     check_paired(guidance, base=1)
     # the extra stages went to sub-folders, trained under the run's config; the run is untouched
@@ -92,6 +95,28 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     ar = torch.load(run / "exp_ar_prior" / "ar_prior.pt", weights_only=True)
     assert ar["config"]["pca_dims"] == 4 and ar["train"]["step"] == 4
     assert {p.name: digest(p) for p in run.iterdir() if p.is_file()} == own
+
+
+def check_variance(record, run):
+    """Both tables of `variance`, the bits/dim of each decoder, the chart."""
+    nll, sampling = record["tables"].values()
+    assert [r["row"] for r in sampling] == ["real renders (reference)"] + [
+        f"{v} variance, {s} steps" for v in ("learned-range", "fixed") for s in (2, 3)]
+    assert [r["row"] for r in nll] == ["learned-range variance", "fixed variance"]
+    # an untrained 4-step decoder is far from 8 bits/dim's uniform code but finite and positive
+    assert all(0 < r["bits/dim"] < 100 for r in nll) and nll[0]["bits/dim"] != nll[1]["bits/dim"]
+    assert "bits/dim from every t of the 1000 steps" in record["settings"]
+    assert Image.open(run / "experiments" / "variance.png").size == (760, 300)
+
+
+def check_curves(record, run):
+    """One row and one panel per trained stage; the losses are the checkpoints' own histories."""
+    for row in record["rows"]:
+        history = torch.load(run / f"{row['row']}.pt", weights_only=True)["train"]["history"]
+        assert row["steps"] == len(history) == 4
+        assert row["loss, first 10%"] == pytest.approx(history[0])
+        assert row["loss, last 10%"] == pytest.approx(history[-1])
+    assert Image.open(run / "experiments" / "curves.png").size == (380 * len(record["rows"]), 300)
 
 
 def check_components(record, run):
