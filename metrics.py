@@ -97,6 +97,13 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list:
     return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list:
+    """log10 of the powers of ten inside [10^lo, 10^hi]; of 1, 2 and 5 times them over under two decades."""
+    steps = (1,) if hi - lo > 2 else (1, 2, 5)
+    ticks = [d + math.log10(m) for d in range(math.floor(lo), math.ceil(hi) + 1) for m in steps]
+    return [t for t in ticks if lo <= t <= hi]
+
+
 def _label(v: float) -> str:
     return str(round(v)) if abs(v - round(v)) < 1e-9 and abs(v) < 1e7 else f"{v:.3g}"
 
@@ -120,7 +127,7 @@ def _chart(draw, p: dict, box: tuple, font) -> None:
         draw.line((u, bottom, u, bottom + 3), fill="black")
         draw.text((u, bottom + 4), _label(10 ** tx if p.get("log_x") else tx), fill="black", font=font,
                   anchor="ma")
-    for ty in _ticks(y0, y1) if not p.get("log_y") else range(math.ceil(y0), math.floor(y1) + 1):
+    for ty in _ticks(y0, y1) if not p.get("log_y") else _log_ticks(y0, y1):
         (_, v) = px(x0, ty)
         draw.line((left - 3, v, left, v), fill="black")
         draw.text((left - 5, v), _label(10 ** ty if p.get("log_y") else ty), fill="black", font=font,
