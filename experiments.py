@@ -4,18 +4,20 @@ on its own (EXPERIMENTS.md holds the tables of the default run).
     python experiments.py prior    --run runs/toy  # [unCLIP] 5.1: diffusion/AR prior, z_t, caption only
     python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed Sigma, bits/dim, 10-250 steps
     python experiments.py guidance --run runs/toy  # [CFG] [GLIDE]: decoder guidance 1 ... 8, prior guidance
+    python experiments.py diversity --run runs/toy  # [unCLIP] 2.2: prior samples vary as the data does
     python experiments.py binding  --run runs/toy  # [unCLIP] Sec. 7: colours bound to shapes, two objects
     python experiments.py holdout  --run runs/toy  # compositional generalization to held-out pairs
     python experiments.py curves   --run runs/toy  # each stage's training loss against its steps
     python experiments.py components --run runs/toy  # CLIP, prior, decoder from true z_i at s = 1 ... 8, ups
-    python experiments.py all      --run runs/toy  # the seven, one after the other
+    python experiments.py all      --run runs/toy  # the eight, one after the other
 
 Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
 decoder's 32x32 (the Evaluator reads 32x32; only components runs the upsamplers), and writes
 <name>.md and <name>.json to --out (default RUN/experiments) with the seed, the settings, the
-machine and the wall time. Two ablations need a stage the default run lacks: they train it with
-train_toy.py under the run's saved config into RUN/exp_ar_prior or RUN/exp_fixed_var, next to a
-copy of clip.pt, so the run's own files are never touched; a finished sub-folder is reused.
+machine and the wall time. prior, variance, diversity and binding compare with stages the run
+lacks (an AR prior, a fixed-variance or caption-only decoder, priors trained longer or shorter):
+train_toy.py trains each under the run's saved config into RUN/exp_*, beside a copy of clip.pt, so
+the run's own files are never touched; a finished sub-folder is reused.
 
 Symbols and names
     y, named   a caption and the attributes it names (toy_data.parse_caption)
@@ -56,6 +58,7 @@ from scoring import (
     bits_per_dim,
     decoder_rows,
     diversity,
+    diversity_rows,
     free_captions,
     loss_curve,
     only_pair,
@@ -74,27 +77,16 @@ DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder
 
 
 # ----------------------------------------------------------------------------- extra stages
-def config_args(saved: dict) -> list:
-    """train_toy command-line options that rebuild a saved config (asdict(Config), via JSON)."""
-    args = []
-    for dotted, _, _ in train_config.leaves(train_config.Config()):
-        value = saved
-        for key in dotted.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None:  # None: a field newer than the run keeps train_toy's default
-            text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-            args += [f"--{dotted}", text]
-    return args
-
-
-def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
-    """RUN/sub/<stage>.pt trained by train_toy.py under the run's config + `options`; reused once done."""
-    folder, file = a.run / sub, "ar_prior" if stage == "ar" else "decoder"
-    path, opt = folder / f"{file}.pt", f"opt_{file}"
+def train_extra(a, cfg: dict, sub: str, file: str, options: list, steps: int | None = None) -> Path:
+    """RUN/sub/<file>.pt (file: prior, ar_prior or decoder) trained by train_toy.py under the run's
+    config + `options` for `steps` (default --train-steps, else the run's own); reused once done."""
+    folder, opt = a.run / sub, f"opt_{file}"
+    path = folder / f"{file}.pt"
     if not cfg:
         raise SystemExit(f"training {path} needs the run's config, saved in {a.run}/report.json when the "
                          f"run finishes; finish it with python train_toy.py --out {a.run} --resume")
-    steps = a.train_steps or (cfg[opt]["steps"] if opt in cfg else getattr(train_config.Config(), opt).steps)
+    own = cfg[opt]["steps"] if opt in cfg else getattr(train_config.Config(), opt).steps
+    steps = steps or a.train_steps or own
     if path.exists() and torch.load(path, weights_only=True).get("train", {}).get("step", steps) >= steps:
         return path  # finished (a file without training state counts as finished)
     folder.mkdir(exist_ok=True)
@@ -104,28 +96,58 @@ def train_extra(a, cfg: dict, sub: str, stage: str, options: list) -> Path:
                          "CLIP. Delete the folder and run again")
     shutil.copyfile(a.run / "clip.pt", clip)
     print(f"training {path} ({steps} steps) with train_toy.py", flush=True)
-    train_toy.main(config_args(cfg) + options + ["--out", str(folder), "--resume",
+    train_toy.main(train_config.config_args(cfg) + options + ["--out", str(folder), "--resume",
                                                  "--device", a.device, f"--{opt}.steps", str(steps)])
     return path
 
 
 # ----------------------------------------------------------------------------- the experiments
-
 def exp_prior(a, pipe, cfg) -> tuple:
     """[unCLIP] Sec. 5.1: where z_i comes from, with the decoder fixed. -> (rows, note)"""
     if not (a.run / "prior.pt").exists():
         raise SystemExit(f"prior compares with the diffusion prior {a.run}/prior.pt; train it with "
                          f"python train_toy.py --out {a.run} --stages prior --resume")
-    path = a.run / "ar_prior.pt"
-    if not path.exists():
-        path = train_extra(a, cfg, "exp_ar_prior", "ar", ["--stages", "prior", "--prior_kind", "ar"])
-    ar_pipe = unclip.UnCLIP(pipe.clip, ARPrior.load(path, map_location=a.device), pipe.decoder)
+    ar_pipe = unclip.UnCLIP(pipe.clip, ARPrior.load(path := ar_prior_path(a, cfg), a.device), pipe.decoder)
     data = scenes(a.n, a.seed + EVAL_SEED, a.holdout)
     return [real_row(pipe, *data),
             timed("(a) diffusion prior", pipe, *data, a),
             timed("(b) AR prior", ar_pipe, *data, a),
             timed("(c) z_t as z_i, no prior (zero-shot)", pipe, *data, a, embedding="text"),
             timed("(d) caption only, no z_i", pipe, *data, a, embedding="none")], f"AR prior {path}"
+
+
+def ar_prior_path(a, cfg) -> Path:
+    """The run's AR prior, or one trained under its config into RUN/exp_ar_prior."""
+    path = a.run / "ar_prior.pt"
+    return path if path.exists() else train_extra(a, cfg, "exp_ar_prior", "ar_prior",
+                                                  ["--stages", "prior", "--prior_kind", "ar"])
+
+
+def exp_diversity(a, pipe, cfg) -> tuple:
+    """[unCLIP] Sec. 2.2: a prior samples z_i, not the caption's mean z_i. The run's diffusion prior,
+    priors trained for each --prior-recipes (steps x lr), the AR prior and the exact denoiser."""
+    if not isinstance(pipe.prior, DiffusionPrior):
+        raise SystemExit(f"diversity needs the diffusion prior {a.run}/prior.pt; train it with "
+                         f"python train_toy.py --out {a.run} --stages prior --resume")
+    own = cfg.get("opt_prior") or vars(train_config.Config().opt_prior)
+    own, priors = (own["steps"], own["lr"]), []
+    for steps, lr in sorted({own, *a.prior_recipes}, key=lambda r: (r[1], r[0])):
+        lr_option = ["--stages", "prior", "--opt_prior.lr", str(lr)]
+        path = a.run / "prior.pt" if (steps, lr) == own else train_extra(
+            a, cfg, f"exp_prior_{steps}x{lr:g}", "prior", lr_option, steps)
+        priors.append((f"diffusion prior, {steps} steps at lr {lr:g}" + " (the run's)" * ((steps, lr) == own),
+                       DiffusionPrior.load(path, map_location=a.device), steps, lr))
+    ar = ar_prior_path(a, cfg)
+    labelled = [p[:2] for p in priors] + [(f"AR prior ({ar.relative_to(a.run)})", ARPrior.load(ar, a.device))]
+    rows = diversity_rows(a, pipe, shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout), labelled)
+    c, series = a.sampling["candidates"], {}
+    for (_, _, steps, lr), r in zip(priors, rows[2::len({c, 1})], strict=False):  # the best-of-c rows
+        series.setdefault(f"lr {lr:g}", []).append((steps, r["spread / data"]))
+    chart(a, "diversity", [{"title": f"diffusion prior, best of {c}", "x": "prior training steps",
+                            "y": "z_i spread / the data's", "log_x": True, "series": series}])
+    return rows, (f"spread among {a.per_caption} samples of each of {max(2, a.n // a.per_caption)} captions "
+                  f"'a <colour> <shape>'; retrieval, z_i cos and stack all (the decoder's images of those "
+                  f"z_i) on the {a.n} scenes; bank {a.bank} renders, seed {a.seed + BANK_SEED}")
 
 
 def exp_variance(a, pipe, cfg) -> tuple:
@@ -175,22 +197,31 @@ def exp_guidance(a, pipe, cfg) -> tuple:
 
 
 def exp_binding(a, pipe, cfg) -> tuple:
-    """[unCLIP] Sec. 7: two-object captions (never seen in training) vs one-object captions."""
+    """[unCLIP] Sec. 7: two-object captions decoded from the prior's z_i (unCLIP), and by a decoder of
+    equal cost that sees the caption alone ([GLIDE]'s setting), against one-object captions."""
+    path = train_extra(a, cfg, "exp_text_decoder", "decoder", [  # GLIDE drops the caption 20% of the time
+        "--stages", "decoder", "--decoder.p_drop_image", "1", "--decoder.p_drop_text", "0.2"])
+    glide = unclip.UnCLIP(pipe.clip, pipe.prior, Decoder.load(path, map_location=a.device))
     one, two = (scenes(a.n, a.seed + EVAL_SEED, a.holdout, two_objects=t) for t in (False, True))
-    rows = [real_row(pipe, *two, pair=True), timed("generated, one object", pipe, *one, a),
-            timed("generated, two objects", pipe, *two, a, pair=True)]
-    for row in rows[::2]:
-        row |= binding(row["_reads"], two[1])
-    right = [r["colour"] == n["colour"] and r["shape"] == n["shape"]
-             for r, n in zip(rows[1]["_reads"], one[1], strict=True)]
-    rows[1]["colour+shape"] = p = sum(right) / len(right)
-    rows[2]["bound if independent"] = p * p  # two objects each drawn as well as a single one
-    drew = [f"{c} | drew {r['left_colour']} {r['left_shape']}, {r['right_colour']} {r['right_shape']}"
-            for c, r in zip(two[0], rows[2]["_reads"], strict=True)]
-    metrics.save_grid(rows[2]["_images"][:16], drew[:16], a.out / "binding.png")
+    rows, images, labels = [real_row(pipe, *two, pair=True)], [two[2][:8]], list(two[0][:8])
+    rows[0] |= binding(rows[0]["_reads"], two[1])
+    for name, variant, kw in (("unCLIP: prior z_i and caption", pipe, {}),
+                              ("caption only (GLIDE)", glide, {"embedding": "none"})):
+        single, double = (timed(f"{name}, {n} object{'s' * t}", variant, *data, a, pair=t, **kw)
+                          for n, t, data in (("one", False, one), ("two", True, two)))
+        right = [r["colour"] == n["colour"] and r["shape"] == n["shape"]
+                 for r, n in zip(single["_reads"], one[1], strict=True)]
+        single["colour+shape"] = p = sum(right) / len(right)
+        double |= binding(double["_reads"], two[1]) | {"bound if independent": p * p}
+        rows += [single, double]
+        images.append(double["_images"][:8].cpu())
+        labels += [f"{name.split(':')[0]} drew {r['left_colour']} {r['left_shape']}, {r['right_colour']} "
+                   f"{r['right_shape']}" for r in double["_reads"][:8]]
+    metrics.save_grid(torch.cat(images), labels, a.out / "binding.png")
     dropped = {"size", "position", "left_size", "right_size"}  # not the point here
     return [{k: v for k, v in r.items() if k not in dropped} for r in rows], (
-        "the stack was trained on one-object scenes only: two-object captions are new to it")
+        f"{cfg.get('two_objects', 0):.0%} of the training scenes had two objects; caption-only decoder "
+        f"{path}: the run's decoder trained with z_i always dropped; grid: real renders, then each decoder's")
 
 
 def exp_holdout(a, pipe, cfg) -> tuple:
@@ -240,8 +271,7 @@ def exp_curves(a, pipe, cfg) -> tuple:
                   "keeps no loss history (CLIP trains in its own loop) and is not shown")
 
 
-def chart(a, name: str, panels: list) -> None:
-    """OUT/<name>.png: the experiment's table as line charts (metrics.save_charts)."""
+def chart(a, name: str, panels: list) -> None:  # OUT/<name>.png, the table as line charts
     metrics.save_charts(panels, a.out / f"{name}.png")
 
 
@@ -276,6 +306,7 @@ EXPERIMENTS = {  # name: (title, the function that measures it -> (rows or {titl
     "prior": ("Prior ablation [unCLIP] Sec. 5.1", exp_prior),
     "variance": ("Learned variance: bits/dim and few steps [IDDPM]", exp_variance),
     "guidance": ("Guidance trade-off [CFG] [GLIDE]", exp_guidance),
+    "diversity": ("Prior diversity [unCLIP] Sec. 2.2", exp_diversity),
     "binding": ("Attribute binding [unCLIP] Sec. 7", exp_binding),
     "holdout": ("Compositional generalization (held-out pairs)", exp_holdout),
     "curves": ("Training curves", exp_curves),
@@ -335,6 +366,17 @@ def numbers(text: str, kind=int) -> list:
         raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
 
 
+def recipes(text: str) -> list:
+    """'1200x0.001,3000x0.003' -> [(1200, 0.001), (3000, 0.003)], checked."""
+    try:
+        out = [(int(s), float(lr)) for s, lr in (r.split("x") for r in text.split(",") if r.strip())]
+        if out and all(s >= 1 and lr > 0 for s, lr in out):
+            return out
+    except ValueError:  # also a recipe without exactly one x
+        pass
+    raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")
+
+
 def main(argv=None) -> list:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,6 +402,8 @@ def main(argv=None) -> list:
                    "samples are matched to")
     p.add_argument("--holdout", default="", help="pairs held out, e.g. 'purple triangle' (default: "
                    "the run's report.json; give it only for a run without one)")
+    p.add_argument("--prior-recipes", default="1200x0.001,3000x0.003,6000x0.001",
+                   help="diversity: diffusion priors to train, STEPSxLR, beside the run's own")
     p.add_argument("--train-steps", type=int, help="steps for the AR prior / fixed-variance decoder "
                    "that prior / variance train when missing (default: the run's own)")
     a = p.parse_args(argv)
@@ -371,6 +415,7 @@ def main(argv=None) -> list:
         a.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     a.out = a.out or a.run / "experiments"
     a.steps, a.scales = numbers(a.steps), numbers(a.scales, float)
+    a.prior_recipes = recipes(a.prior_recipes)
     if a.per_caption < 2 or (a.n is not None and a.n < 2) or not a.steps or not a.scales or a.bank < 1:
         raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
                          "images), --bank >= 1, and at least one value in --steps and --scales")

@@ -11,6 +11,7 @@ Symbols and names
 """
 
 import functools
+import itertools
 import time
 from collections import Counter
 
@@ -175,45 +176,114 @@ def loss_curve(history: list, points: int = 200) -> list:
 
 # ----------------------------------------------------------------------------- each module on its own
 
+def retrieval_bank(a, pipe) -> tuple:
+    """a.bank fresh renders: (collated batch, their z_i, nearest(z) -> reads of each z's nearest render)."""
+    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
+    z_bank, reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
+    return bank, z_bank, lambda z: [reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
+
+
+def embedding_row(label, z, z_true, named, nearest, z_free=None, k=1) -> dict:
+    """z_i [n or 1, D] for captions with `named` attributes, against the true z_i of their renders:
+    mean cos, retrieval accuracy (the nearest bank render's reading), and, given k samples of each
+    loose caption (z_free), the variety among them."""
+    z = z.expand_as(z_true)
+    return ({"row": label, "z_i cos": F.cosine_similarity(z, z_true).mean().item()}
+            | accuracy(nearest(z), named) | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
+
+
+def sample_prior(a, pipe, prior, captions, k, candidates, steps=None) -> torch.Tensor:
+    """k samples z_i of each caption [len(captions) k, D], seeded as UnCLIP.generate seeds them."""
+    return unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
+        captions, k, seed=a.seed, prior_steps=steps or a.sampling["prior_steps"], candidates=candidates,
+        stages="prior")["z_i"]
+
+
+def exact_denoiser(diffusion, x: torch.Tensor):
+    """The exact x_0-prediction for data uniform over the points x [m, D]: E[x_0 | x_t] = sum_j w_j x_j,
+    w = softmax_j(-|x_t - sqrt(abar_t) x_j|^2 / (2 (1 - abar_t))), t the base diffusion's own steps."""
+    def denoise(x_t, t):
+        ab = diffusion.alpha_bar[t][:, None, None]
+        return (-((x_t[:, None] - ab.sqrt() * x) ** 2).sum(-1) / (2 * (1 - ab[:, 0]))).softmax(1) @ x
+    return denoise
+
+
+def exact_prior_samples(diffusion, points: list, k: int, steps: int, seed: int) -> torch.Tensor:
+    """k samples for each set of unit z_i in `points` ([m_j, D] each): the prior's sampler run with the
+    exact denoiser of that set on the prior's sqrt(D) scale. An exact sampler returns the set's own
+    points, so this row shows what the sampler and the x_0 parameterization lose: nothing or not."""
+    out = []
+    for j, z in enumerate(points):
+        x = F.normalize(z.float(), dim=-1) * z.shape[-1] ** 0.5
+        gen = torch.Generator(x.device).manual_seed(seed + j)
+        sample = diffusion.respace(steps).sample(exact_denoiser(diffusion, x), (k, x.shape[-1]),
+                                                 generator=gen, clip="none")
+        out.append(F.normalize(sample, dim=-1))
+    return torch.cat(out)
+
+
 def prior_rows(a, pipe, held) -> list:
     """Each prior's z_i against the true one, the nearest real render (by cos) in a bank
     of fresh renders, the variety among k samples for a loose caption, best-of-2 against one
     sample; z_t and the bank's mean z_i are the baselines, a bank render with the caption's
     attributes what an exact sampler of p(z_i | y) scores, the true z_i the ceiling."""
-    bank = shapes_batch(a.bank, a.seed + BANK_SEED, a.holdout)
-    z_bank, bank_reads = pipe.clip.encode_image(bank["images"][32]), evaluator().read(bank["images"][32])
-    nearest = lambda z: [bank_reads[j] for j in (z @ z_bank.T).argmax(1).tolist()]
+    bank, z_bank, nearest = retrieval_bank(a, pipe)
     captions, k, (free, free_real) = held["caption"], a.per_caption, free_captions(a)
     z_true, z_t = pipe.clip.encode_image(held["images"][32]), pipe.clip.encode_text(captions)[0]
-
-    def row(label, z, z_free=None) -> dict:
-        z = z.expand_as(z_true)
-        return ({"row": label, "z_i cos": F.cosine_similarity(z, z_true).mean().item()}
-                | accuracy(nearest(z), held["named"])
-                | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
-
-    rows = [row("true z_i (retrieval ceiling)", z_true, pipe.clip.encode_image(free_real)),
-            row("z_t as z_i (no prior)", z_t, pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
+    row = functools.partial(embedding_row, z_true=z_true, named=held["named"], nearest=nearest, k=k)
+    rows = [row("true z_i (retrieval ceiling)", z_true, z_free=pipe.clip.encode_image(free_real)),
+            row("z_t as z_i (no prior)", z_t, z_free=pipe.clip.encode_text(free)[0].repeat_interleave(k, 0)),
             row("mean z_i of the bank", z_bank.mean(0, keepdim=True))]
     # an exact sampler of p(z_i | y): a random bank render with every attribute y names (if the
     # bank has none, the render nearest the truth). z_i cos is highest at the mean of p(z_i | y),
     # so a prior can beat this row only by collapsing towards that mean (EXPERIMENTS.md, "Prior")
     rng = np.random.default_rng(a.seed)
-    match = [rng.choice([j for j, b in enumerate(bank["attrs"]) if b.items() >= n.items()] or [j])
+    match = [rng.choice(matching(bank, n) or [j])
              for n, j in zip(held["named"], (z_true @ z_bank.T).argmax(1).tolist(), strict=True)]
     rows.append(row("a bank render with the named attributes (an exact sample given y)", z_bank[match]))
     priors = [("diffusion prior", pipe.prior)] if isinstance(pipe.prior, DiffusionPrior) else []
     ar = [p for p in (a.run / "ar_prior.pt", a.run / "exp_ar_prior" / "ar_prior.pt") if p.exists()][:1]
     priors += [(f"AR prior ({p.relative_to(a.run)})", ARPrior.load(p, map_location=a.device)) for p in ar]
-    # k samples z_i of each caption y [len(y) k, D] with c candidates, seeded as generate seeds them
-    sample = lambda prior, y, k, c: unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
-        y, k, seed=a.seed, prior_steps=a.sampling["prior_steps"], candidates=c, stages="prior")["z_i"]
     for label, prior in priors:
         clock, c = time.perf_counter(), a.sampling["candidates"]
-        z = {n: sample(prior, captions, 1, n) for n in dict.fromkeys((c, 1, 2))}
-        rows.append(row(label, z[c], sample(prior, free, k, c))
+        z = {n: sample_prior(a, pipe, prior, captions, 1, n) for n in dict.fromkeys((c, 1, 2))}
+        rows.append(row(label, z[c], z_free=sample_prior(a, pipe, prior, free, k, c))
                     | {f"cos z_t, best of {n}": F.cosine_similarity(z[n], z_t).mean().item() for n in (1, 2)}
                     | {"seconds": time.perf_counter() - clock})
+    return rows
+
+
+def matching(bank: dict, named: dict) -> list:
+    """Indices of the bank renders that have every attribute `named` names."""
+    return [j for j, b in enumerate(bank["attrs"]) if b.items() >= named.items()]
+
+
+def diversity_rows(a, pipe, held, priors: list) -> list:
+    """[unCLIP] Sec. 2.2: does each prior (label, model) sample the variety a loose caption leaves
+    open? Per prior, best-of-c and best-of-1: the spread of k samples of "a <colour> <shape>"
+    against real renders' (the data's), retrieval and z_i cos on held-out captions, and the accuracy
+    of the whole stack decoding its samples. The exact denoiser of the bank is the sampler's ceiling."""
+    bank, z_bank, nearest = retrieval_bank(a, pipe)
+    (free, free_real), k, c = free_captions(a), a.per_caption, a.sampling["candidates"]
+    z_true = pipe.clip.encode_image(held["images"][32])
+    row = functools.partial(embedding_row, z_true=z_true, named=held["named"], nearest=nearest, k=k)
+    rows = [row("real renders (the data)", z_true, z_free=pipe.clip.encode_image(free_real))]
+    points = lambda named: [z_bank[matching(bank, n)] for n in named]
+    steps, clock = a.sampling["prior_steps"], time.perf_counter()
+    exact = functools.partial(exact_prior_samples, pipe.prior.diffusion, steps=steps, seed=a.seed)
+    rows.append(row(f"exact denoiser of the bank's renders, {steps} steps",
+                    exact(points(held["named"]), 1),
+                    z_free=exact(points(map(toy_data.parse_caption, free)), k))
+                | {"seconds": time.perf_counter() - clock})
+    for (label, prior), n in itertools.product(priors, dict.fromkeys((c, 1))):
+        clock = time.perf_counter()
+        r = row(f"{label}, best of {n}", sample_prior(a, pipe, prior, held["caption"], 1, n),
+                z_free=sample_prior(a, pipe, prior, free, k, n))
+        stack = timed("", unclip.UnCLIP(pipe.clip, prior, pipe.decoder), held["caption"], held["named"],
+                      held["images"][32], a, candidates=n)
+        rows.append(r | {"stack all": stack["all"], "seconds": time.perf_counter() - clock})
+    for r in rows:
+        r["spread / data"] = r["z_i spread"] / rows[0]["z_i spread"]
     return rows
 
 

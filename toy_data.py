@@ -230,8 +230,11 @@ class Shapes(torch.utils.data.Dataset):
     """Item i is a pure function of (seed, i): scene, caption and every requested view."""
 
     def __init__(self, length: int, sizes=(32,), seed: int = 0, holdout=(), two_objects=False):
+        """two_objects: True (every scene), False, or the fraction of scenes with two objects."""
         allowed_pairs(holdout)  # fail here, not later inside a DataLoader worker
         _check_sizes(sizes)
+        if not 0 <= float(two_objects) <= 1:
+            raise ValueError(f"two_objects must be a fraction in [0, 1], got {two_objects}")
         self.length, self.sizes, self.seed = int(length), tuple(sizes), int(seed)
         self.holdout, self.two_objects = tuple(tuple(p) for p in holdout), two_objects
 
@@ -241,8 +244,10 @@ class Shapes(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} is out of range for Shapes of length {self.length}")
-        rng = np.random.default_rng([self.seed, i])
-        scene = sample_scene(rng, self.holdout, self.two_objects)
+        rng, p = np.random.default_rng([self.seed, i]), float(self.two_objects)
+        # a mix draws from its own stream, so a scene's one-object content never depends on p
+        two = p == 1 or (p > 0 and np.random.default_rng([self.seed, i, 2]).random() < p)
+        scene = sample_scene(rng, self.holdout, two)
         caption, named = make_caption(scene, rng)
         return {"images": render(scene, self.sizes), "caption": caption, "named": named, "attrs": scene.attrs}
 

@@ -61,6 +61,9 @@ class Config:
     # "colour shape" pairs (comma-separated) never rendered for training or evaluation: the
     # compositional-generalization experiment (experiments.py holdout) asks for them
     holdout: str = "purple triangle"
+    # the fraction of training scenes with two objects, for the binding experiment [unCLIP] Sec. 7
+    # (experiments.py binding); evaluation stays on one-object captions
+    two_objects: float = 0.0
     prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
     log_every: int = 50
     ckpt_every: int = 500
@@ -78,7 +81,9 @@ class Config:
     # CLIP learns position last (a late drop of the loss): 2000 steps of 128 read every attribute
     # zero-shot (EXPERIMENTS.md, "Each module on its own")
     opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
-    opt_prior: Optim = field(default_factory=lambda: Optim(steps=1200, batch=64, lr=1e-3,
+    # the denoiser learns the high-noise steps last; trained less, its samples gather at the caption's
+    # mean z_i and lose the variety the caption leaves open (EXPERIMENTS.md, "Prior diversity")
+    opt_prior: Optim = field(default_factory=lambda: Optim(steps=6000, batch=64, lr=3e-3,
                                                            beta2=0.96, weight_decay=6e-2))
     # the AR prior's 64-way bucket heads learn more slowly than the diffusion prior's regression:
     # a higher lr and more steps
@@ -164,7 +169,7 @@ def _rule(name: str, value) -> str | None:
         return "must be a finite number"
     if name in ("beta2", "ema"):
         return None if 0 <= value < 1 else "must lie in [0, 1)"
-    if "drop" in name or name.endswith("prob"):  # dropout and augmentation probabilities
+    if "drop" in name or name.endswith("prob") or name == "two_objects":  # probabilities, fractions
         return None if 0 <= value <= 1 else "must lie in [0, 1]"
     if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim"):  # 0 is meaningful
         return None if value >= 0 else "must be >= 0"
@@ -193,6 +198,8 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
     if not (cfg.data == "shapes" or (kind in real_data.KINDS and path)):
         raise SystemExit(f"--data {cfg.data}: must be shapes, fashion_mnist:PATH, cifar10:PATH or "
                          "folder:PATH")
+    if cfg.two_objects and cfg.data != "shapes":
+        raise SystemExit(f"--two_objects {cfg.two_objects}: two-object scenes are Shapes' (--data shapes)")
     if kind in real_data.KINDS and not Path(path).exists():
         raise SystemExit(f"--data {cfg.data}: {path} does not exist")
     check_sizes(cfg, stages, world)
@@ -281,6 +288,19 @@ def parse_args(argv=None, description: str | None = None) -> tuple[Config, argpa
     for name, value in ((QUICK if args.quick else {}) | given).items():  # the command line wins over --quick
         set_option(cfg, name, value)
     return cfg, args
+
+
+def config_args(saved: dict) -> list:
+    """The command-line options that rebuild a saved config (asdict(Config), via JSON)."""
+    args = []
+    for dotted, _, _ in leaves(Config()):
+        value = saved
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:  # None: a field newer than the run keeps train_toy's default
+            text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            args += [f"--{dotted}", text]
+    return args
 
 
 def check_folder(out: Path, trained: list, args, rank: int) -> None:

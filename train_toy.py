@@ -53,7 +53,7 @@ def load_data(cfg: Config, sizes: tuple[int, ...], log) -> Data:
     """Render (or read) the training set once into memory: uint8 images per size + captions."""
     kind = cfg.data.partition(":")[0]
     if kind == "shapes":
-        ds = Shapes(cfg.train_size, sizes=sizes, seed=cfg.seed, holdout=cfg.holdout_pairs)
+        ds = Shapes(cfg.train_size, sizes, cfg.seed, cfg.holdout_pairs, cfg.two_objects)
     else:  # real images, their training split only: evaluate() reads the held-out one
         ds = real_data.open_dataset(cfg.data, train=True, sizes=sizes, seed=cfg.seed)
     clock = time.perf_counter()

@@ -18,6 +18,7 @@ import metrics
 import scoring
 import train_config
 import train_toy
+from prior import DiffusionPrior, DiffusionPriorConfig
 from toy_data import ATTRIBUTES, parse_caption, render, sample_scene
 
 TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
@@ -31,13 +32,15 @@ TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
         "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
 for _stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
     TINY += [f"--opt_{_stage}.steps", "4", f"--opt_{_stage}.batch", "4"]
-FAST = "--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decoder-steps 2".split()
+FAST = ("--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decoder-steps 2 "
+        "--prior-recipes 2x0.001,6x0.003").split()
 ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR prior",
                   "(c) z_t as z_i, no prior (zero-shot)", "(d) caption only, no z_i"],
         "curves": ["prior", "decoder", "up1", "up2"],  # clip.pt keeps no loss history
         "guidance": ["real renders (reference)", "decoder s=1, prior s=1", "decoder s=2, prior s=1",
                      "decoder s=3, prior s=1", "decoder s=3, prior s=3"],
-        "binding": ["real renders (reference)", "generated, one object", "generated, two objects"],
+        "binding": ["real renders (reference)"] + [f"{d}, {n}" for d in (
+            "unCLIP: prior z_i and caption", "caption only (GLIDE)") for n in ("one object", "two objects")],
         "holdout": ["real renders of held-out pairs (reference)", "seen pairs", "held-out pairs",
                     "held-out pairs, z_t as z_i (no prior)"]}
 COMPONENTS = {  # table title: its rows
@@ -69,6 +72,7 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     assert [r["experiment"] for r in records] == list(experiments.EXPERIMENTS)
     check_components(records.pop(), run)  # last, so that it finds the AR prior `prior` trained
     check_variance(records.pop(1), run)
+    check_diversity(records.pop(2), run)
     for record in records:
         name = record["experiment"]
         assert [row["row"] for row in record["rows"]] == ROWS[name], name
@@ -92,6 +96,12 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     fixed = torch.load(run / "exp_fixed_var" / "decoder.pt", weights_only=True)
     assert fixed["config"]["learn_sigma"] is False and fixed["config"]["out_channels"] == 3
     assert fixed["config"]["channels"] == 8 and fixed["train"]["step"] == 4
+    glide = torch.load(run / "exp_text_decoder" / "decoder.pt", weights_only=True)
+    assert glide["config"]["p_drop_image"] == 1 and glide["config"]["p_drop_text"] == 0.2
+    binding = records[2]["rows"]
+    for row in binding[2::2]:  # two objects: bound if independent = (one object's colour+shape)^2
+        assert 0 <= row["bound"] + row["swapped"] <= 1 and row["bound if independent"] == pytest.approx(
+            binding[binding.index(row) - 1]["colour+shape"] ** 2)
     ar = torch.load(run / "exp_ar_prior" / "ar_prior.pt", weights_only=True)
     assert ar["config"]["pca_dims"] == 4 and ar["train"]["step"] == 4
     assert {p.name: digest(p) for p in run.iterdir() if p.is_file()} == own
@@ -107,6 +117,38 @@ def check_variance(record, run):
     assert all(0 < r["bits/dim"] < 100 for r in nll) and nll[0]["bits/dim"] != nll[1]["bits/dim"]
     assert "bits/dim from every t of the 1000 steps" in record["settings"]
     assert Image.open(run / "experiments" / "variance.png").size == (760, 300)
+
+
+def check_diversity(record, run):
+    """The data, the exact denoiser, each prior recipe (the run's own: 4 steps at lr 3e-3) at best of
+    2 and 1, the AR prior; the recipes trained in sub-folders; the chart."""
+    priors = ["diffusion prior, 2 steps at lr 0.001", "diffusion prior, 4 steps at lr 0.003 (the run's)",
+              "diffusion prior, 6 steps at lr 0.003", "AR prior (exp_ar_prior/ar_prior.pt)"]
+    assert [r["row"] for r in record["rows"]] == ["real renders (the data)", "exact denoiser of the "
+                                                  "bank's renders, 2 steps"] + [
+        f"{p}, best of {n}" for p in priors for n in (2, 1)]
+    assert record["rows"][0]["spread / data"] == 1
+    for row in record["rows"][1:]:
+        assert row["spread / data"] >= 0 and 0 <= row["all"] <= 1 and -1 <= row["z_i cos"] <= 1, row
+    assert all(0 <= row["stack all"] <= 1 for row in record["rows"][2:])
+    for sub, steps in (("exp_prior_2x0.001", 2), ("exp_prior_6x0.003", 6)):
+        ckpt = torch.load(run / sub / "prior.pt", weights_only=True)
+        assert ckpt["train"]["step"] == steps and ckpt["config"]["width"] == 32
+    assert Image.open(run / "experiments" / "diversity.png").size == (380, 300)
+
+
+def test_exact_denoiser_samples_its_points():
+    """The prior's sampler, given the exact x_0-prediction for data uniform over 4 points, returns
+    those points (each sample within 1e-3 of one) and each about a quarter of the time."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(DiffusionPriorConfig(clip_dim=8, text_width=16, width=16, layers=1, heads=1))
+    points = F.normalize(torch.randn(4, 8), dim=-1)
+    z = scoring.exact_prior_samples(prior.diffusion, [points, points[:1]], k=400, steps=64, seed=0)
+    cos = z @ points.T  # [800, 4]
+    assert cos.max(1).values.min() > 1 - 1e-3
+    counts = torch.bincount(cos[:400].argmax(1), minlength=4)
+    assert counts.min() > 60 and counts.max() < 140, counts  # 100 each; binomial sd 8.7
+    assert (cos[400:].argmax(1) == 0).all()
 
 
 def check_curves(record, run):
@@ -219,7 +261,7 @@ def test_config_args_rebuild_the_saved_config():
                                    "false", "--decoder.out_channels", "3", "--sampling.up_steps", "9,4",
                                    "--opt_prior.lr", "1e-5", "--quick"])
     saved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as report.json holds it
-    rebuilt, _ = train_toy.parse_args(experiments.config_args(saved))
+    rebuilt, _ = train_toy.parse_args(train_config.config_args(saved))
     assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
     assert dataclasses.asdict(rebuilt) != dataclasses.asdict(train_config.Config())
 

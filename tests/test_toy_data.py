@@ -51,6 +51,17 @@ def test_holdout_respected():
         td.Shapes(10, holdout=[("pink", "circle")])
 
 
+def test_two_object_mix():
+    """A fraction p of the scenes has two objects; the one-object scenes are those of p = 0."""
+    alone, mix = (batch_of(1000, (32,), two_objects=p) for p in (0.0, 0.3))
+    two = ["left_shape" in a for a in mix["attrs"]]
+    assert abs(sum(two) / 1000 - 0.3) < 0.045  # binomial sd 0.0145
+    assert all(a == b for a, b, t in zip(alone["attrs"], mix["attrs"], two, strict=True) if not t)
+    assert all("left_shape" in a for a in batch_of(20, (32,), two_objects=1.0)["attrs"])
+    with pytest.raises(ValueError, match="fraction in"):
+        td.Shapes(10, two_objects=1.5)
+
+
 @pytest.mark.parametrize("two_objects", [False, True])
 def test_caption_names_what_it_claims(two_objects):
     b = batch_of(500, (32,), two_objects=two_objects)

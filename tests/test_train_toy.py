@@ -135,6 +135,7 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("opt_prior.weight_decay", "-0.1", "--opt_prior.weight_decay -0.1: must be >= 0"),
     ("decoder.p_drop_text", "1.5", "--decoder.p_drop_text 1.5: must lie in [0, 1]"),
     ("sampling.guidance", "inf", "--sampling.guidance inf: must be a finite number"),
+    ("two_objects", "1.2", "--two_objects 1.2: must lie in [0, 1]"),
     ("sampling.up_steps", "2,1", "--sampling.up_steps 2,1: must be >= 2"),
     ("sampling.up_steps", "5", "--sampling.up_steps 5: needs one value per upsampler (2)"),
     ("data", "mnist:/data", "--data mnist:/data: must be shapes, fashion_mnist:PATH, cifar10:PATH or"),
