@@ -124,27 +124,27 @@ def ar_prior_path(a, cfg) -> Path:
 
 
 def exp_diversity(a, pipe, cfg) -> tuple:
-    """[unCLIP] Sec. 2.2: a prior samples z_i, not the caption's mean z_i. The run's diffusion prior,
-    priors trained for each --prior-recipes (steps x lr), the AR prior and the exact denoiser."""
+    """[unCLIP] Sec. 2.2: do the samples vary as the data does? The run's prior, --prior-recipes, AR."""
     if not isinstance(pipe.prior, DiffusionPrior):
-        raise SystemExit(f"diversity needs the diffusion prior {a.run}/prior.pt; train it with "
-                         f"python train_toy.py --out {a.run} --stages prior --resume")
+        raise SystemExit(f"diversity needs {a.run}/prior.pt; train it with python train_toy.py "
+                         f"--out {a.run} --stages prior --resume")
     own = cfg.get("opt_prior") or vars(train_config.Config().opt_prior)
     own, priors = (own["steps"], own["lr"]), []
     for steps, lr in sorted({own, *a.prior_recipes}, key=lambda r: (r[1], r[0])):
-        lr_option = ["--stages", "prior", "--opt_prior.lr", str(lr)]
-        path = a.run / "prior.pt" if (steps, lr) == own else train_extra(
-            a, cfg, f"exp_prior_{steps}x{lr:g}", "prior", lr_option, steps)
+        path = a.run / "prior.pt" if (steps, lr) == own else train_extra(a, cfg, f"exp_prior_{steps}x{lr:g}",
+                                      "prior", ["--stages", "prior", "--opt_prior.lr", str(lr)], steps)
         priors.append((f"diffusion prior, {steps} steps at lr {lr:g}" + " (the run's)" * ((steps, lr) == own),
                        DiffusionPrior.load(path, map_location=a.device), steps, lr))
-    ar = ar_prior_path(a, cfg)
-    labelled = [p[:2] for p in priors] + [(f"AR prior ({ar.relative_to(a.run)})", ARPrior.load(ar, a.device))]
+    labelled = [p[:2] for p in priors] + [("AR prior", ARPrior.load(ar_prior_path(a, cfg), a.device))]
     rows = diversity_rows(a, pipe, shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout), labelled)
-    c, series = a.sampling["candidates"], {}
-    for (_, _, steps, lr), r in zip(priors, rows[2::len({c, 1})], strict=False):  # the best-of-c rows
-        series.setdefault(f"lr {lr:g}", []).append((steps, r["spread / data"]))
-    chart(a, "diversity", [{"title": f"diffusion prior, best of {c}", "x": "prior training steps",
-                            "y": "z_i spread / the data's", "log_x": True, "series": series}])
+    best, panels, xs = list(dict.fromkeys((a.sampling["candidates"], 1))), [], sorted(p[2] for p in priors)
+    for j, n in enumerate(best):  # a panel per candidate count; rows: data, exact, then each prior's
+        series = {"exact denoiser": [(x, rows[1]["spread / data"]) for x in (xs[0], xs[-1])]}
+        for (_, _, steps, lr), r in zip(priors, rows[2 + j::len(best)], strict=False):
+            series.setdefault(f"lr {lr:g}", []).append((steps, r["spread / data"]))
+        panels.append({"title": f"diffusion prior, best of {n}", "x": "prior training steps",
+                       "y": "z_i spread / the data's", "log_x": True, "series": series})
+    chart(a, "diversity", panels)
     return rows, (f"spread among {a.per_caption} samples of each of {max(2, a.n // a.per_caption)} captions "
                   f"'a <colour> <shape>'; retrieval, z_i cos and stack all (the decoder's images of those "
                   f"z_i) on the {a.n} scenes; bank {a.bank} renders, seed {a.seed + BANK_SEED}")
