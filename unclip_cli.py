@@ -136,6 +136,9 @@ def load(args) -> UnCLIP:
         raise ValueError(f"--device {device} is not available here; use cpu or auto")
     opener = from_stage_checkpoints if os.path.isdir(args.checkpoint) else load_pipeline
     pipe, steps = opener(args.checkpoint, device), args.upsampler_steps or []
+    if len(steps) not in (0, 1, len(pipe.upsamplers)):
+        raise ValueError(f"--upsampler-steps takes one value, or one per upsampler (this checkpoint has "
+                         f"{len(pipe.upsamplers)}), got {len(steps)}")
     per_stage = steps * len(pipe.upsamplers) if len(steps) == 1 else steps  # one value: every upsampler
     limits = [("--steps", args.steps, pipe.decoder)] + [
         ("--upsampler-steps", s, up) for s, up in zip(per_stage, pipe.upsamplers, strict=False)]

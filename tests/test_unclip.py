@@ -486,6 +486,8 @@ def test_cli_numeric_flags_are_checked_up_front(files, capsys, args, message):
     (["--prior-steps", "1001"], "--prior-steps must be at most 1000"),
     (["--upsampler-steps", "1001"], "--upsampler-steps must be at most 1000"),
     (["--upsampler-steps", "2", "1001"], "--upsampler-steps must be at most 1000"),
+    (["--upsampler-steps", "2", "2", "2"], "--upsampler-steps takes one value, or one per upsampler (this "
+                                           "checkpoint has 2), got 3"),
 ])
 def test_cli_steps_beyond_the_checkpoints_T(files, capsys, args, message):
     code, err = cli(files, capsys, "a red circle", *args)
