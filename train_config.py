@@ -81,8 +81,8 @@ class Config:
     # CLIP learns position last (a late drop of the loss): 2000 steps of 128 read every attribute
     # zero-shot (EXPERIMENTS.md, "Each module on its own")
     opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
-    # the denoiser learns the high-noise steps last; trained less, its samples gather at the caption's
-    # mean z_i and lose the variety the caption leaves open (EXPERIMENTS.md, "Prior diversity")
+    # trained less, the prior's samples gather near the caption's mean z_i, lose the variety the caption
+    # leaves open, and decode worse (EXPERIMENTS.md, "Prior diversity")
     opt_prior: Optim = field(default_factory=lambda: Optim(steps=6000, batch=64, lr=3e-3,
                                                            beta2=0.96, weight_decay=6e-2))
     # the AR prior's 64-way bucket heads learn more slowly than the diffusion prior's regression:
