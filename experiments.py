@@ -42,7 +42,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import metrics
@@ -56,11 +55,11 @@ from scoring import (
     BANK_SEED,
     binding,
     bits_per_dim,
+    curve_rows,
     decoder_rows,
     diversity,
     diversity_rows,
     free_captions,
-    loss_curve,
     only_pair,
     prior_rows,
     real_row,
@@ -131,8 +130,9 @@ def exp_diversity(a, pipe, cfg) -> tuple:
     own = cfg.get("opt_prior") or vars(train_config.Config().opt_prior)
     own, priors = (own["steps"], own["lr"]), []
     for steps, lr in sorted({own, *a.prior_recipes}, key=lambda r: (r[1], r[0])):
-        path = a.run / "prior.pt" if (steps, lr) == own else train_extra(a, cfg, f"exp_prior_{steps}x{lr:g}",
-                                      "prior", ["--stages", "prior", "--opt_prior.lr", str(lr)], steps)
+        options = ["--stages", "prior", "--prior_kind", "diffusion", "--opt_prior.lr", str(lr)]
+        path = (a.run / "prior.pt" if (steps, lr) == own
+                else train_extra(a, cfg, f"exp_prior_{steps}x{lr:g}", "prior", options, steps))
         priors.append((f"diffusion prior, {steps} steps at lr {lr:g}" + " (the run's)" * ((steps, lr) == own),
                        DiffusionPrior.load(path, map_location=a.device), steps, lr))
     labelled = [p[:2] for p in priors] + [("AR prior", ARPrior.load(ar_prior_path(a, cfg), a.device))]
@@ -140,7 +140,8 @@ def exp_diversity(a, pipe, cfg) -> tuple:
     best, panels, xs = list(dict.fromkeys((a.sampling["candidates"], 1))), [], sorted(p[2] for p in priors)
     for j, n in enumerate(best):  # a panel per candidate count; rows: data, exact, then each prior's
         series = {"exact denoiser": [(x, rows[1]["spread / data"]) for x in (xs[0], xs[-1])]}
-        for (_, _, steps, lr), r in zip(priors, rows[2 + j::len(best)], strict=False):
+        block = rows[2 + j:2 + len(best) * len(priors):len(best)]  # this count's row of each diffusion prior
+        for (_, _, steps, lr), r in zip(priors, block, strict=True):
             series.setdefault(f"lr {lr:g}", []).append((steps, r["spread / data"]))
         panels.append({"title": f"diffusion prior, best of {n}", "x": "prior training steps",
                        "y": "z_i spread / the data's", "log_x": True, "series": series})
@@ -217,7 +218,7 @@ def exp_binding(a, pipe, cfg) -> tuple:
         images.append(double["_images"][:8].cpu())
         labels += [f"{name.split(':')[0]} drew {r['left_colour']} {r['left_shape']}, {r['right_colour']} "
                    f"{r['right_shape']}" for r in double["_reads"][:8]]
-    metrics.save_grid(torch.cat(images), labels, a.out / "binding.png")
+    metrics.save_grid(torch.cat(images), labels, a.out / "binding.png", ncol=len(labels) // 3)
     dropped = {"size", "position", "left_size", "right_size"}  # not the point here
     return [{k: v for k, v in r.items() if k not in dropped} for r in rows], (
         f"{cfg.get('two_objects', 0):.0%} of the training scenes had two objects; caption-only decoder "
@@ -249,21 +250,7 @@ def exp_holdout(a, pipe, cfg) -> tuple:
 
 def exp_curves(a, pipe, cfg) -> tuple:
     """Training curves: each stage's loss against its steps, from the loss history in its checkpoint."""
-    report = a.run / "report.json"
-    seconds = json.loads(report.read_text()).get("seconds", {}) if report.exists() else {}
-    rows, panels = [], []
-    for stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
-        if not (path := a.run / f"{stage}.pt").exists():
-            continue
-        history = torch.load(path, weights_only=True).get("train", {}).get("history")
-        if not history:
-            continue  # a stage file without training state (e.g. written by save())
-        tenth = max(1, len(history) // 10)
-        rows.append({"row": stage, "steps": len(history), "loss, first 10%": float(np.mean(history[:tenth])),
-                     "loss, last 10%": float(np.mean(history[-tenth:])), "train seconds": seconds.get(stage)})
-        curve = loss_curve(history)
-        panels.append({"title": stage, "x": "step", "y": "loss (window mean)",
-                       "log_y": min(v for _, v in curve) > 0, "series": {stage: curve}})
+    rows, panels = curve_rows(a.run)
     if not rows:
         raise SystemExit(f"{a.run} holds no stage checkpoint with a loss history")
     chart(a, "curves", panels)
@@ -377,8 +364,7 @@ def recipes(text: str) -> list:
     raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")
 
 
-def main(argv=None) -> list:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))
     p.add_argument("--run", type=Path, default=Path("runs/toy"), help="train_toy.py run folder")
@@ -398,15 +384,20 @@ def main(argv=None) -> list:
     # Shapes has 6 x 4 x 2 x 9 x 3 = 1296 attribute combinations: a bank of n random renders
     # lacks a given one with probability ~exp(-n / 1296), 21% for 2000, 0.05% for 10000, and
     # retrieval cannot read right what the bank lacks
-    p.add_argument("--bank", type=int, default=10000, help="components: real renders the prior's "
-                   "samples are matched to")
+    p.add_argument("--bank", type=int, default=10000, help="components, diversity: real renders the "
+                   "prior's samples are matched to")
     p.add_argument("--holdout", default="", help="pairs held out, e.g. 'purple triangle' (default: "
                    "the run's report.json; give it only for a run without one)")
     p.add_argument("--prior-recipes", default="1200x0.001,3000x0.003,6000x0.001",
                    help="diversity: diffusion priors to train, STEPSxLR, beside the run's own")
-    p.add_argument("--train-steps", type=int, help="steps for the AR prior / fixed-variance decoder "
-                   "that prior / variance train when missing (default: the run's own)")
-    a = p.parse_args(argv)
+    p.add_argument("--train-steps", type=int, help="steps of the AR prior, fixed-variance or caption-only "
+                   "decoder an experiment trains when missing (default: the run's own)")
+    return p
+
+
+def main(argv=None) -> list:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parser().parse_args(argv)
     a.argv = argv[:argv.index(a.experiment)] + argv[argv.index(a.experiment) + 1:]
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -12,6 +12,7 @@ Symbols and names
 
 import functools
 import itertools
+import json
 import time
 from collections import Counter
 
@@ -165,6 +166,26 @@ def bits_per_dim(decoder, clip, captions, real, stride: int = 1, seed: int = 0) 
     return nll.mean().item()
 
 
+def curve_rows(run) -> tuple:
+    """Each stage checkpoint's per-step loss history in the run folder: (rows of its first and last
+    10% means and train seconds from report.json, a chart panel of the loss per stage)."""
+    report = run / "report.json"
+    seconds = json.loads(report.read_text()).get("seconds", {}) if report.exists() else {}
+    rows, panels = [], []
+    for stage in ("clip", "prior", "ar_prior", "decoder", "up1", "up2"):
+        path = run / f"{stage}.pt"
+        history = path.exists() and torch.load(path, weights_only=True).get("train", {}).get("history")
+        if not history:
+            continue  # no such stage, or a file without training state (e.g. written by save())
+        tenth = max(1, len(history) // 10)
+        rows.append({"row": stage, "steps": len(history), "loss, first 10%": float(np.mean(history[:tenth])),
+                     "loss, last 10%": float(np.mean(history[-tenth:])), "train seconds": seconds.get(stage)})
+        curve = loss_curve(history)
+        panels.append({"title": stage, "x": "step", "y": "loss (window mean)",
+                       "log_y": min(v for _, v in curve) > 0, "series": {stage: curve}})
+    return rows, panels
+
+
 def loss_curve(history: list, points: int = 200) -> list:
     """[(step, mean loss)] of a stage's per-step loss history, averaged over `points` equal windows."""
     if not history:
@@ -192,10 +213,10 @@ def embedding_row(label, z, z_true, named, nearest, z_free=None, k=1) -> dict:
             | accuracy(nearest(z), named) | ({} if z_free is None else diversity(z_free, nearest(z_free), k)))
 
 
-def sample_prior(a, pipe, prior, captions, k, candidates, steps=None) -> torch.Tensor:
+def sample_prior(a, pipe, prior, captions, k, candidates) -> torch.Tensor:
     """k samples z_i of each caption [len(captions) k, D], seeded as UnCLIP.generate seeds them."""
     return unclip.UnCLIP(pipe.clip, prior, pipe.decoder).generate(
-        captions, k, seed=a.seed, prior_steps=steps or a.sampling["prior_steps"], candidates=candidates,
+        captions, k, seed=a.seed, prior_steps=a.sampling["prior_steps"], candidates=candidates,
         stages="prior")["z_i"]
 
 
@@ -215,7 +236,7 @@ def exact_prior_samples(diffusion, points: list, k: int, steps: int, seed: int) 
     out = []
     for j, z in enumerate(points):
         x = F.normalize(z.float(), dim=-1) * z.shape[-1] ** 0.5
-        gen = torch.Generator(x.device).manual_seed(seed + j)
+        gen = torch.Generator().manual_seed(seed + j)  # on the CPU: the same samples on every device
         sample = diffusion.respace(steps).sample(exact_denoiser(diffusion, x), (k, x.shape[-1]),
                                                  generator=gen, clip="none")
         out.append(F.normalize(sample, dim=-1))
@@ -268,12 +289,14 @@ def diversity_rows(a, pipe, held, priors: list) -> list:
     z_true = pipe.clip.encode_image(held["images"][32])
     row = functools.partial(embedding_row, z_true=z_true, named=held["named"], nearest=nearest, k=k)
     rows = [row("real renders (the data)", z_true, z_free=pipe.clip.encode_image(free_real))]
-    points = lambda named: [z_bank[matching(bank, n)] for n in named]
+    # a caption no bank render matches (a small --bank) keeps the render nearest its own truth
+    points = lambda named, near: [z_bank[matching(bank, n) or [j]] for n, j in zip(named, near, strict=True)]
+    near_free = (pipe.clip.encode_image(free_real[::k]) @ z_bank.T).argmax(1).tolist()
     steps, clock = a.sampling["prior_steps"], time.perf_counter()
     exact = functools.partial(exact_prior_samples, pipe.prior.diffusion, steps=steps, seed=a.seed)
     rows.append(row(f"exact denoiser of the bank's renders, {steps} steps",
-                    exact(points(held["named"]), 1),
-                    z_free=exact(points(map(toy_data.parse_caption, free)), k))
+                    exact(points(held["named"], (z_true @ z_bank.T).argmax(1).tolist()), 1),
+                    z_free=exact(points([toy_data.parse_caption(c) for c in free], near_free), k))
                 | {"seconds": time.perf_counter() - clock})
     for (label, prior), n in itertools.product(priors, dict.fromkeys((c, 1))):
         clock = time.perf_counter()

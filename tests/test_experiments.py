@@ -310,3 +310,10 @@ def test_diversity_and_single_pair_scenes():
                     "distinct positions": 1, "distinct backgrounds": 1}
     orthogonal = scoring.diversity(torch.eye(4), reads[:4], k=4)  # 1 - cos = 1 for every pair
     assert orthogonal["z_i spread"] == pytest.approx(1.0)
+
+
+def test_prior_recipes_are_parsed_and_checked():
+    assert experiments.recipes("1200x0.001, 6000x3e-3") == [(1200, 0.001), (6000, 0.003)]
+    for bad in ("", "6000", "1x2x3", "0x0.1", "10x0", "10xnan", "ax0.1"):
+        with pytest.raises(SystemExit, match="--prior-recipes"):
+            experiments.recipes(bad)
