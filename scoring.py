@@ -296,7 +296,7 @@ def diversity_rows(a, pipe, held, priors: list) -> list:
     exact = functools.partial(exact_prior_samples, pipe.prior.diffusion, steps=steps, seed=a.seed)
     rows.append(row(f"exact denoiser of the bank's renders, {steps} steps",
                     exact(points(held["named"], (z_true @ z_bank.T).argmax(1).tolist()), 1),
-                    z_free=exact(points([toy_data.parse_caption(c) for c in free], near_free), k))
+                    z_free=exact(points([toy_data.parse_caption(y) for y in free], near_free), k))
                 | {"seconds": time.perf_counter() - clock})
     for (label, prior), n in itertools.product(priors, dict.fromkeys((c, 1))):
         clock = time.perf_counter()
