@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP, clip_loss
+from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP
 from decoder import Decoder, DecoderConfig
 from diffusion import autocast, autocast_network, cpu_has_native_bf16
 from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig
@@ -132,11 +132,10 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
     rng, tokenizer = np.random.default_rng(0), ByteTokenizer(cc.context_length)
     captions = [make_caption(sample_scene(rng), rng)[0] for _ in range(N)]  # no rendering: their lengths
     tokenize = lambda idx: (a.to(device) for a in tokenizer([captions[i] for i in idx]))
-    if name == "clip":  # train_clip's step: contrastive loss, the batch's padding columns cut
+    if name == "clip":  # CLIP.loss: contrastive, the captions in length-sorted groups
         model, images = CLIP(cc), smooth_images(N, cc.image_resolution, device)
-        text = lambda tokens, mask: tokens[:, :int(mask.sum(1).max())]
-        data = lambda: (lambda i: (as_float(images[i], device), text(*tokenize(i))))(rows())
-        loss = lambda x, text: clip_loss(model(x, text)[0])
+        data = lambda: (lambda i: (as_float(images[i], device), *tokenize(i)))(rows())
+        loss = model.loss
     elif name in ("prior", "ar_prior"):  # caption states of an untrained frozen CLIP: same shapes
         clip = FrozenCLIP(CLIP(cc), tokenizer, device=device)
         z_t, states, mask = clip.encode_text(captions)  # train_toy encodes every caption once
@@ -174,13 +173,15 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
         loss = model.loss  # crops of a quarter of the area, as in training
         sample = lambda k, n=n_steps: model.sample(lo[:k], steps=n)
     return dict(model=model.to(device), batch=batch, data=data, loss=loss, sample=sample, steps=n_steps,
-                optim=optim, ema=name != "clip")
+                optim=optim, ema=optim.ema > 0)
 
 
 def training_step(case: dict, device, precision: str):
     """train_toy.train_stage's step with its Optim, phases labelled for the profiler; no .item()."""
-    params, o = list(case["model"].parameters()), case["optim"]
-    opt = torch.optim.AdamW(params, lr=o.lr, betas=(0.9, o.beta2), weight_decay=o.weight_decay)
+    model, o = case["model"], case["optim"]
+    params, groups = list(model.parameters()), getattr(model, "param_groups", model.parameters)()
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, o.beta2), eps=o.eps, weight_decay=o.weight_decay,
+                            foreach=True)
     ema = [p.detach().clone() for p in params] if case["ema"] else None
 
     def step():
@@ -211,9 +212,8 @@ def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = Fal
     model, batch = case["model"].train(), case["batch"]
     if cuda and name in ("decoder", "up1", "up2"):  # the U-Nets: channels-last convolutions
         model.to(memory_format=torch.channels_last)
-    # train_toy's autocast: the networks alone in bf16 (CLIP's: its two towers), the loss in fp32
-    for net in [model.visual, model.transformer] if name == "clip" else [getattr(model, "net", model)]:
-        autocast_network(net, device, precision)
+    precision = "fp32" if name == "clip" else precision  # train_toy: CLIP in fp32, later networks autocast
+    autocast_network(getattr(model, "net", model), device, precision)
     flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
     step = training_step(case, device, precision)
     step_s = median_time(step, reps, device, warmup=1 if quick else 3, min_window=0.0 if quick else 1.0)

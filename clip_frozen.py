@@ -15,9 +15,7 @@ import html
 import math
 import os
 import re
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -150,6 +148,26 @@ class CLIP(nn.Module):
         states = self.ln_final(self.transformer(x))  # (B, L, W)
         end = tokens.argmax(dim=-1)  # (B,)
         return states[torch.arange(B, device=tokens.device), end] @ self.text_projection, states
+
+    def param_groups(self) -> list[dict]:
+        """AdamW's groups: [CLIP] Sec. 2.5 decays the weights only, not gains, biases or the temperature."""
+        params = list(self.parameters())
+        return [{"params": [p for p in params if p.ndim >= 2]},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+    def loss(self, images, tokens, mask):
+        """The symmetric contrastive loss [CLIP] Fig. 3 of images (B, 3, R, R) in [-1, 1] and their
+        captions' tokens and mask (B, L). Padding after a caption changes nothing the causal text tower
+        reads: the captions go in four length-sorted groups, each cut to its longest; pairs stay paired."""
+        with torch.no_grad():  # [CLIP] Sec. 2.5 clips the scale at 100 after each step; before use is alike
+            self.logit_scale.clamp_(0, math.log(100))
+        device = self.logit_scale.device
+        lengths, order = mask.sum(1).sort()
+        tokens, images = tokens[order], images[order.to(images.device)]
+        z_t = torch.cat([self.encode_text(t[:, :int(n.max())].to(device))[0]
+                         for t, n in zip(tokens.chunk(4), lengths.chunk(4), strict=True)])
+        z_i = F.normalize(self.encode_image(images.to(device)), dim=-1)
+        return clip_loss(self.logit_scale.exp() * z_i @ F.normalize(z_t, dim=-1).t())
 
     def forward(self, images, tokens):
         """-> (logits_per_image (B, B), logits_per_text (B, B)), as OpenAI's forward."""
@@ -388,60 +406,3 @@ def load_clip(path: str, map_location="cpu") -> CLIP:
     model = CLIP(CLIPConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(map_location)
-
-
-def train_clip(model: CLIP, tokenizer, batches: Iterable, steps: int, lr: float = 1e-3,
-               weight_decay: float = 0.2, schedule: str = "cosine", max_grad_norm: float = 1.0,
-               device=None, log_every: int = 50, log: Callable[[str], None] = print) -> list[float]:
-    """Contrastive training on (images (B, 3, R, R) in [-1, 1], captions list[str]) batches, iterated again
-    when they run out; returns the per-step losses. [CLIP] Sec. 2.5: AdamW (beta2 0.98, eps 1e-6), weight
-    decay on weights only (not gains, biases or the temperature), linear warmup (5% of steps) then cosine
-    decay (or constant), logit scale clipped at 100. Too high an lr can stall training at the chance loss,
-    log B."""
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device).train().requires_grad_(True)  # undo a FrozenCLIP wrapped around it
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2]},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-    losses, stream, seen, clock = [], iter(batches), 0, time.perf_counter()
-    for step in range(steps):
-        if (batch := next(stream, None)) is None:  # a new epoch; a one-shot generator stays empty
-            stream = iter(batches)
-            if (batch := next(stream, None)) is None:
-                raise ValueError(f"batches ran out after {step} of {steps} steps; pass a "
-                                 "re-iterable (a list or DataLoader) or enough batches")
-        images, captions = batch
-        cosine = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, steps - warmup)))
-        rate = lr * min(1.0, (step + 1) / warmup) * (cosine if schedule == "cosine" else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = rate
-        tokens, mask = tokenizer(captions)
-        # Padding after a caption changes nothing we read (causal mask): encode the captions in four
-        # length-sorted groups, each cut to its longest (short ones skip their padding); pairs stay paired.
-        lengths, order = mask.sum(1).sort()
-        tokens, images = tokens[order], images[order.to(images.device)]
-        z_t = torch.cat([model.encode_text(t[:, :int(n.max())].to(device))[0]
-                         for t, n in zip(tokens.chunk(4), lengths.chunk(4), strict=True)])
-        z_i = F.normalize(model.encode_image(images.to(device)), dim=-1)
-        loss = clip_loss(model.logit_scale.exp() * z_i @ F.normalize(z_t, dim=-1).t())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"CLIP loss is {loss.item()} at step {step}; lower lr "
-                                     f"(now {lr}) or check the images are finite and in [-1, 1]")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, max_grad_norm)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))  # [CLIP] Sec. 2.5: logits scaled <= 100
-        losses.append(loss.item())
-        seen += len(images)
-        if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-            now, window = time.perf_counter(), losses[-log_every:]
-            log(f"clip step {step + 1}/{steps} loss {sum(window) / len(window):.4f} lr {rate:.2e} "
-                f"{seen / (now - clock):.1f} img/s")
-            seen, clock = 0, now
-    return losses

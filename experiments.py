@@ -40,6 +40,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ from decoder import Decoder
 from prior import ARPrior, DiffusionPrior
 from scoring import (
     BANK_SEED,
+    Settings,
     binding,
     bits_per_dim,
     curve_rows,
@@ -254,8 +256,7 @@ def exp_curves(a, pipe, cfg) -> tuple:
     if not rows:
         raise SystemExit(f"{a.run} holds no stage checkpoint with a loss history")
     chart(a, "curves", panels)
-    return rows, ("per-step training losses averaged over 200 windows; seconds from report.json; clip.pt "
-                  "keeps no loss history (CLIP trains in its own loop) and is not shown")
+    return rows, "per-step training losses averaged over 200 windows; seconds from report.json"
 
 
 def chart(a, name: str, panels: list) -> None:  # OUT/<name>.png, the table as line charts
@@ -395,25 +396,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> list:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = parser().parse_args(argv)
-    a.argv = argv[:argv.index(a.experiment)] + argv[argv.index(a.experiment) + 1:]
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.device == "auto":
-        mps = torch.backends.mps.is_available()
-        a.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    a.out = a.out or a.run / "experiments"
-    a.steps, a.scales = numbers(a.steps), numbers(a.scales, float)
-    a.prior_recipes = recipes(a.prior_recipes)
-    if a.per_caption < 2 or (a.n is not None and a.n < 2) or not a.steps or not a.scales or a.bank < 1:
+def settings(argv: list) -> tuple:
+    """(Settings, the run's saved config or {}) from the command line, every check before any work."""
+    p = parser().parse_args(argv)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    steps, scales = numbers(p.steps), numbers(p.scales, float)
+    if p.per_caption < 2 or (p.n is not None and p.n < 2) or not steps or not scales or p.bank < 1:
         raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
                          "images), --bank >= 1, and at least one value in --steps and --scales")
-    if not a.run.is_dir():
-        raise SystemExit(f"no run folder {a.run}; train one with: python train_toy.py --out {a.run}")
-    report = a.run / "report.json"
+    if not p.run.is_dir():
+        raise SystemExit(f"no run folder {p.run}; train one with: python train_toy.py --out {p.run}")
+    report = p.run / "report.json"
     cfg = json.loads(report.read_text()).get("config", {}) if report.exists() else {}
+    if p.holdout and cfg and parse_pairs(p.holdout) != parse_pairs(cfg.get("holdout", "")):
+        print(f"warning: {p.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
+              f"--holdout {p.holdout!r} replaces that in every table", file=sys.stderr)
+    base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_config.Sampling()).items()}
+    sampling = {"prior_steps": p.prior_steps or base["prior_steps"], "candidates": base["candidates"],
+                "decoder_steps": p.decoder_steps or base["decoder_steps"],
+                "decoder_guidance": base["guidance"] if p.guidance is None else p.guidance}
+    at, holdout = argv.index(p.experiment), parse_pairs(p.holdout or cfg.get("holdout", ""))
+    given = {f.name: getattr(p, f.name) for f in fields(Settings) if f.name in p}  # as parsed
+    return Settings(**given | dict(
+        argv=argv[:at] + argv[at + 1:], out=p.out or p.run / "experiments", steps=steps, scales=scales,
+        device=auto if p.device == "auto" else p.device, sampling=sampling, up_steps=list(base["up_steps"]),
+        holdout=holdout, prior_recipes=recipes(p.prior_recipes))), cfg
+
+
+def main(argv=None) -> list:
+    a, cfg = settings(list(sys.argv[1:] if argv is None else argv))
     pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
     if pipe.prior is None:
         raise SystemExit(f"{a.run} has no prior.pt or ar_prior.pt; train one with "
@@ -421,20 +434,8 @@ def main(argv=None) -> list:
     if pipe.image_size != 32:  # the real renders, the toy CLIP and the Evaluator are at 32x32
         raise SystemExit(f"the experiments read 32x32 decoder images; {a.run} decodes at "
                          f"{pipe.image_size}x{pipe.image_size}")
-    if a.holdout and cfg and parse_pairs(a.holdout) != parse_pairs(cfg.get("holdout", "")):
-        print(f"warning: {a.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
-              f"--holdout {a.holdout!r} replaces that in every table", file=sys.stderr)
-    a.holdout = parse_pairs(a.holdout or cfg.get("holdout", ""))
-    base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_config.Sampling()).items()}
-    a.sampling = {"prior_steps": a.prior_steps or base["prior_steps"], "candidates": base["candidates"],
-                  "decoder_steps": a.decoder_steps or base["decoder_steps"],
-                  "decoder_guidance": base["guidance"] if a.guidance is None else a.guidance}
-    a.up_steps = list(base["up_steps"])  # components: the upsamplers' DDIM steps
-    records, n = [], a.n
-    for name in EXPERIMENTS if a.experiment == "all" else (a.experiment,):
-        a.n = n or DEFAULT_N.get(name, 64)
-        records.append(run(name, a, pipe, cfg))
-    return records
+    return [run(name, replace(a, n=a.n or DEFAULT_N.get(name, 64)), pipe, cfg)
+            for name in (EXPERIMENTS if a.experiment == "all" else (a.experiment,))]
 
 
 if __name__ == "__main__":

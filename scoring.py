@@ -1,5 +1,5 @@
 """How the experiments score a pipeline on Shapes: fresh scenes the training never rendered, the
-Evaluator's attribute accuracy, CLIP score and FD_CLIP (as train_toy.evaluate computes them), the
+Evaluator's attribute accuracy, CLIP score and FD_CLIP (clip_readings, which train_toy.py uses too), the
 variety among a caption's samples, two-object binding, CLIP's zero-shot reading, and one timed row
 of an experiment's table. experiments.py builds its tables from these.
 
@@ -7,7 +7,7 @@ Symbols and names
     y, named   a caption and the attributes it names (toy_data.parse_caption)
     z_t, z_i   unit CLIP text / image embeddings [B, D]
     k          images per caption (diversity is measured within a caption's k images)
-    a          the experiments' settings: seed, n, per_caption, holdout, sampling
+    a          the experiments' Settings
 """
 
 import functools
@@ -15,6 +15,8 @@ import itertools
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,32 @@ BANK_SEED = 104_729  # the retrieval bank: fresh renders, neither training nor e
 VALUES = {a: getattr(toy_data, f"{a.upper()}S") for a in ATTRIBUTES}  # colour -> COLOURS, ...
 UNNAMED = ("size", "position", "background")  # what "a red circle" leaves free
 evaluator = functools.cache(toy_data.Evaluator)  # one Evaluator: rule-based, shares nothing with CLIP
+
+
+@dataclass
+class Settings:
+    """What the experiments read: experiments.py's command line, checked, with the run's sampling where
+    it is silent. n None: DEFAULT_N's, else 64; sampling: prior_steps, candidates, decoder_steps,
+    decoder_guidance; up_steps: components' upsampler DDIM steps; holdout: (colour, shape) pairs;
+    prior_recipes: diversity's (steps, lr); argv: the command line less the experiment's name."""
+    experiment: str
+    argv: list
+    run: Path
+    out: Path
+    n: int | None
+    seed: int
+    device: str
+    holdout: list
+    sampling: dict
+    up_steps: list
+    steps: list
+    scales: list
+    nll_stride: int
+    per_caption: int
+    prior_guidance: float
+    bank: int
+    prior_recipes: list
+    train_steps: int | None
 
 
 def shapes_batch(n: int, seed: int, holdout=(), two_objects=False, sizes=(32,)) -> dict:
@@ -65,18 +93,25 @@ def accuracy(reads: list, named: list) -> dict:
     return {k: acc[k]["acc"] for k in dict.fromkeys(("all", *ATTRIBUTES, *PAIR_ATTRIBUTES)) if k in acc}
 
 
+def clip_readings(clip, images, captions, real) -> dict:
+    """The CLIP metrics of every table here and of train_toy.py's report, one definition: the CLIP score
+    of the images with their captions, FD_CLIP against the real images, and the embeddings they use."""
+    z_t = clip.encode_text(captions)[0]
+    z_gen, z_real = (clip.encode_image(x.to(clip.device)) for x in (images, real))
+    return {"clip_score": metrics.clip_score(z_gen, z_t), "fd_clip": metrics.frechet_distance(z_gen, z_real),
+            "z_t": z_t, "z_gen": z_gen, "z_real": z_real}
+
+
 def score(pipe, images, captions, named, real, z_i=None, pair=False) -> dict:
-    """Attribute accuracy (Evaluator), CLIP score and FD_CLIP as train_toy.evaluate computes them, one
-    caption, named dict and real render per image; plus "z_i cos" when the row used an embedding."""
+    """Attribute accuracy (Evaluator) and clip_readings, one caption, named dict and real render per
+    image; plus "z_i cos" when the row used an embedding."""
     reads = (evaluator().read_pair if pair else evaluator().read)(images.cpu())
-    z_t = pipe.clip.encode_text(captions)[0]
-    z_gen, z_real = (pipe.clip.encode_image(x.to(pipe.clip.device)) for x in (images, real))
-    row = accuracy(reads, named) | {"CLIP score": metrics.clip_score(z_gen, z_t),
-                                    "FD_CLIP": metrics.frechet_distance(z_gen, z_real)}
+    m = clip_readings(pipe.clip, images, captions, real)
+    row = accuracy(reads, named) | {"CLIP score": m["clip_score"], "FD_CLIP": m["fd_clip"]}
     if z_i is not None:
-        row["z_i cos"] = F.cosine_similarity(z_i, z_real).mean().item()
-    cos = F.cosine_similarity(z_gen.double(), z_t.double(), dim=1)  # each image's CLIP score
-    return row | {"_reads": reads, "_z": z_gen, "_cos": cos}
+        row["z_i cos"] = F.cosine_similarity(z_i, m["z_real"]).mean().item()
+    cos = F.cosine_similarity(m["z_gen"].double(), m["z_t"].double(), dim=1)  # each image's CLIP score
+    return row | {"_reads": reads, "_z": m["z_gen"], "_cos": cos}
 
 
 def versus_unguided(rows: list, label: str) -> list:

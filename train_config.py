@@ -27,10 +27,12 @@ from upsample import Upsampler, UpsamplerConfig, stage_config
 class Optim:
     steps: int  # optimizer steps for the stage
     batch: int  # examples per step (split across processes under torchrun)
-    lr: float  # peak learning rate after warmup; cosine decay to 10% of it
+    lr: float  # peak learning rate after warmup; cosine decay to lr_floor times it
     beta2: float = 0.999  # AdamW β2 ([unCLIP] Table 3: 0.999 decoder/upsamplers, 0.96 prior)
     weight_decay: float = 0.0  # [unCLIP] Table 3: 6e-2 for the prior, none for the decoder
-    ema: float = 0.999  # EMA decay of the weights used for sampling (paper 0.9999 at 10^5+ steps)
+    ema: float = 0.999  # EMA decay of the weights used for sampling (paper 0.9999 at 10^5+ steps; 0: none)
+    eps: float = 1e-8  # AdamW ε
+    lr_floor: float = 0.1  # the cosine decay's end, a fraction of lr
 
 
 @dataclass
@@ -80,7 +82,10 @@ class Config:
     up2: UpsamplerConfig = field(default_factory=lambda: stage_config(2))
     # CLIP learns position last (a late drop of the loss): 2000 steps of 128 read every attribute
     # zero-shot (EXPERIMENTS.md, "Each module on its own")
-    opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3))
+    # [CLIP] Sec. 2.5: AdamW β2 0.98, ε 1e-6, decoupled weight decay 0.2 (weights only), cosine to zero;
+    # no EMA (the frozen CLIP is the last weights)
+    opt_clip: Optim = field(default_factory=lambda: Optim(steps=2000, batch=128, lr=1e-3, beta2=0.98,
+                                                          weight_decay=0.2, ema=0.0, eps=1e-6, lr_floor=0.0))
     # trained less, the prior's samples gather near the caption's mean z_i, lose the variety the caption
     # leaves open, and decode worse (EXPERIMENTS.md, "Prior diversity")
     opt_prior: Optim = field(default_factory=lambda: Optim(steps=6000, batch=64, lr=3e-3,
@@ -169,7 +174,7 @@ def _rule(name: str, value) -> str | None:
         return "must be a finite number"
     if name in ("beta2", "ema"):
         return None if 0 <= value < 1 else "must lie in [0, 1)"
-    if "drop" in name or name.endswith("prob") or name == "two_objects":  # probabilities, fractions
+    if "drop" in name or name.endswith("prob") or name in ("two_objects", "lr_floor"):  # fractions
         return None if 0 <= value <= 1 else "must lie in [0, 1]"
     if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim"):  # 0 is meaningful
         return None if value >= 0 else "must be >= 0"

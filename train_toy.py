@@ -34,10 +34,11 @@ import torch.nn.functional as F
 
 import diffusion
 import real_data
+import scoring
 import toy_data
 import unclip
-from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip, save_clip, train_clip
-from metrics import clip_score, frechet_distance, save_grid
+from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
+from metrics import clip_score, save_grid
 from toy_data import Shapes, attribute_accuracy, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
@@ -138,10 +139,13 @@ def rng_state(device) -> list:  # the generators a loss draws from: the CPU's, a
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def resume_from(path: Path, model, ema, opt, run: Run) -> tuple[int, list]:
-    """Weights, optimizer, step, loss history and this process's RNG state from a stage checkpoint."""
+def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int, list]:
+    """Weights, optimizer, step, loss history and this process's RNG state from a stage checkpoint;
+    a file without training state (a copied clip.pt) counts as finished."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
     ema.load_state_dict(ck["state_dict"])
+    if "train" not in ck:
+        return steps, []
     model.load_state_dict(ck["train"]["model"])
     opt.load_state_dict(ck["train"]["opt"])
     rngs = ck["train"]["rng"]  # one state list per process (a file of older code: the CPU state)
@@ -158,35 +162,40 @@ def save_stage(name: str, model, ema, opt, step: int, history: list, run: Run) -
     if run.world > 1:  # each process draws its own noise: keep every one's state
         torch.distributed.all_gather_object(rngs, rng_state(run.device))
     if run.rank == 0:
-        save_atomic({"config": asdict(model.cfg), "state_dict": ema.state_dict(),
+        config = model.config if name == "clip" else model.cfg  # CLIP keeps OpenAI's attribute name
+        save_atomic({"config": asdict(config), "state_dict": ema.state_dict(),
                      "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                                "history": history, "rng": rngs}}, run.out / f"{name}.pt")
-        with diffusion.autocast(run.device, run.cfg.precision):
-            preview(run, name, ema, step)
+        if name != "clip":
+            with diffusion.autocast(run.device, run.cfg.precision):
+                preview(run, name, ema, step)
 
 
-def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
+def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run, precision: str | None = None):
     """AdamW + warmup/cosine lr + grad clipping + EMA -> (EMA model, eval mode; loss history). batch_fn(step):
-    this process's share of the loss arguments, a pure function of the step (a resume sees the same data)."""
+    this process's share of model.loss's arguments, a pure function of the step (a resume sees the same
+    data). A model with param_groups() (CLIP) chooses which parameters decay. precision: the run's if None."""
     cfg, path = run.cfg, run.out / f"{name}.pt"
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params, ema_params = list(model.parameters()), list(ema.parameters())
+    groups = model.param_groups() if hasattr(model, "param_groups") else params
     # foreach: one kernel per operation over all tensors (fused differs from it in the last bit on a CPU)
-    opt = torch.optim.AdamW(params, lr=oc.lr, betas=(0.9, oc.beta2), weight_decay=oc.weight_decay,
+    opt = torch.optim.AdamW(groups, lr=oc.lr, betas=(0.9, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay,
                             foreach=True)
     start, history = 0, []
     if run.resume and path.exists():
-        start, history = resume_from(path, model, ema, opt, run)
+        start, history = resume_from(path, model, ema, opt, run, oc.steps)
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
     # the network alone under autocast: a U-Net, or a prior's Transformer
-    hooks = diffusion.autocast_network(getattr(model, "net", model), run.device, cfg.precision)
+    hooks = diffusion.autocast_network(getattr(model, "net", model), run.device, precision or cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
     for step in range(start, oc.steps):
-        # linear warmup, then cosine decay to 10% of the peak
+        # linear warmup, then cosine decay to lr_floor of the peak
         progress = max(0.0, (step - warmup) / max(1, oc.steps - warmup))
-        lr = oc.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+        cosine = oc.lr_floor + (1 - oc.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        lr = oc.lr * min(1.0, (step + 1) / warmup) * cosine
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
@@ -245,28 +254,18 @@ def clip_stage(run: Run) -> None:
     """Stage 0: CLIP, trained contrastively [CLIP], then frozen: its z_i of every training image."""
     cfg, oc, path = run.cfg, run.cfg.opt_clip, run.out / "clip.pt"
     tokenizer, images = ByteTokenizer(cfg.clip.context_length), run.data.images[cfg.clip.image_resolution]
-    if "clip" in run.stages and not (run.resume and path.exists()):
+
+    def batch(step):  # the whole batch in every process: the contrastive loss needs all its negatives
+        i = run.rows("clip", step, oc.batch, shared=False)
+        return as_float(images[i], run.device), *tokenizer([run.data.captions[j] for j in i])
+    if "clip" in run.stages:
         with run.timed("clip"):
-            clock, drawn = time.perf_counter(), [0]
             run.seed("clip")
-            model = new_model(cfg, "clip").to(run.device)
-
-            def batches():  # the whole batch in every process; counts the steps begun, for the ETA
-                for step in range(oc.steps):
-                    drawn[0], i = step + 1, run.rows("clip", step, oc.batch, shared=False)
-                    yield as_float(images[i], run.device), [run.data.captions[j] for j in i]
-
-            def log_eta(msg):  # train_clip's line + the time left at the mean rate so far
-                left = (time.perf_counter() - clock) / drawn[0] * (oc.steps - drawn[0])
-                run.log(f"{msg} eta {left / 60:.1f} min")
-
-            train_clip(model, tokenizer, batches(), oc.steps, lr=oc.lr, device=run.device,
-                       log_every=cfg.log_every, log=log_eta)
-            if run.rank == 0:
-                guarded(path, lambda: save_clip(model, path))
-            if run.world > 1:  # every process reads the CLIP process 0 saved
-                torch.distributed.barrier()
-    run.clip = FrozenCLIP(load_clip(path, map_location=run.device), tokenizer)
+            # fp32: every later stage reads this CLIP's embeddings
+            model = train_stage("clip", new_model(cfg, "clip").to(run.device), batch, oc, run, "fp32")[0]
+    else:
+        model = load_clip(path, map_location=run.device)
+    run.clip = FrozenCLIP(model, tokenizer)
     run.z_bank = torch.cat([run.clip.encode_image(as_float(x, run.device)) for x in images.split(512)])
     link(cfg, run.clip)
 
@@ -379,11 +378,10 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
         result = pipe.generate(captions, seed=cfg.seed, prior_steps=s.prior_steps, candidates=s.candidates,
                                decoder_steps=s.decoder_steps, decoder_guidance=s.guidance,
                                upsampler_steps=list(s.up_steps), progress=progress_log(pipe.stages, log))
-    images = result["images"]
-    z_t = clip.encode_text(captions)[0]
-    z_gen, z_real = clip.encode_image(images[0]), clip.encode_image(real.to(clip.device))
-    report = {"n": len(captions), "clip_score": clip_score(z_gen, z_t),
-              "clip_score_real": clip_score(z_real, z_t), "fd_clip": frechet_distance(z_gen, z_real)}
+    images, m = result["images"], scoring.clip_readings(clip, result["images"][0], captions, real)
+    z_t, z_real = m["z_t"], m["z_real"]
+    report = {"n": len(captions), "clip_score": m["clip_score"], "clip_score_real": clip_score(z_real, z_t),
+              "fd_clip": m["fd_clip"]}
     # the prior against the true z_i of each caption's image and two baselines [unCLIP] Sec. 5.1
     z_hat = result["z_i"]
     cos = lambda a: F.cosine_similarity(a, z_real).mean().item()

@@ -21,7 +21,6 @@ from clip_frozen import (
     load_clip,
     load_openai,
     save_clip,
-    train_clip,
 )
 
 TINY = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=2, vision_width=64,
@@ -382,15 +381,25 @@ def synthetic_batch(g, n=16):
 
 
 def test_training_lowers_loss_and_retrieval_beats_chance():
+    # the loss and the parameter groups alone, with [CLIP] Sec. 2.5's AdamW; train_toy.py's loop adds the
+    # schedule, clipping and checkpoints (tests/test_train_toy.py)
     cfg = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=1, vision_width=64,
                      vision_patch_size=4, context_length=16, transformer_width=64,
                      transformer_layers=2)
-    model, tok = make(cfg), ByteTokenizer(16)
+    model, tok = make(cfg).train(), ByteTokenizer(16)
     g = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(g) for _ in range(10)]
-    lines = []
-    losses = train_clip(model, tok, batches, steps=100, lr=1e-3, log_every=40, log=lines.append)
-    assert len(losses) == 100 and len(lines) == 3 and "img/s" in lines[-1]
+    opt = torch.optim.AdamW(model.param_groups(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    losses = []
+    for step in range(100):
+        x, captions = batches[step % 10]
+        opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 1e-3 * min(1, (step + 1) / 5)  # warmup
+        loss = model.loss(x, *tok(captions))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:5]) / 5  # from ~log(16)
     frozen = FrozenCLIP(model, tok)
     prompts = [f"{c} {p}" for c in COLOURS for p in CORNERS]
@@ -400,27 +409,48 @@ def test_training_lowers_loss_and_retrieval_beats_chance():
     assert accuracy.mean() > 0.5  # chance is 1/16
 
 
-def test_train_clip_rejects_exhausted_batches():
+def test_the_loss_of_length_sorted_groups_is_the_loss_of_the_full_batch():
+    # the reference: every caption encoded at full length, in batch order; [CLIP] Fig. 3's symmetric loss
     model, tok = make(), ByteTokenizer(TINY.context_length)
-    one_shot = (synthetic_batch(torch.Generator().manual_seed(0), 4) for _ in range(2))
-    with pytest.raises(ValueError, match="ran out after 2 of 5"):
-        train_clip(model, tok, one_shot, steps=5, log_every=0)
+    captions = ["a", "red circle", "a much longer caption here", "xy", "blue", "a tiny square at the top"]
+    x = images(len(captions))
+    tokens, mask = tok(captions)
+    with torch.no_grad():
+        z_i = F.normalize(model.encode_image(x), dim=-1)
+        z_t = F.normalize(model.encode_text(tokens)[0], dim=-1)
+        logits = math.exp(model.logit_scale.item()) * z_i @ z_t.t()
+        labels = torch.arange(len(captions))
+        want = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        assert model.loss(x, tokens, mask).item() == pytest.approx(want.item(), rel=1e-5)
 
 
-def test_train_clip_clamps_the_logit_scale_to_at_most_100():
+def test_only_weights_decay():
+    # [CLIP] Sec. 2.5: decoupled weight decay on the weights, not on gains, biases or the temperature
+    model = make()
+    decay, no_decay = model.param_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert {"logit_scale", "ln_final.weight", "ln_final.bias", "visual.class_embedding"} <= kept
+    assert {"text_projection", "visual.proj", "token_embedding.weight", "positional_embedding",
+            "visual.conv1.weight"} <= decayed
+
+
+def test_the_loss_clamps_the_logit_scale_to_between_1_and_100():
     # [CLIP] Sec. 2.5: the learned temperature is clipped so logits are scaled by at most 100 (and by at
-    # least 1: tau <= 1). lr=0 keeps every weight: step 1 uses the scale as set, step 2 the clamped one,
-    # on the same batch.
+    # least 1: tau <= 1); the clamp holds for the loss and stays in the parameter
     model, tok = make(), ByteTokenizer(TINY.context_length)
     x, captions = synthetic_batch(torch.Generator().manual_seed(0), 8)
+    tokens, mask = tok(captions)
     with torch.no_grad():
-        z_t = F.normalize(model.encode_text(tok(captions)[0])[0], dim=-1)
+        z_t = F.normalize(model.encode_text(tokens)[0], dim=-1)
         cos = F.normalize(model.encode_image(x), dim=-1) @ z_t.t()
-    for set_to, scale in ((1e4, 100.0), (0.5, 1.0)):
+    for set_to, scale in ((1e4, 100.0), (0.5, 1.0), (30.0, 30.0)):
         with torch.no_grad():
             model.logit_scale.fill_(math.log(set_to))
-        losses = train_clip(model, tok, [(x, captions)], steps=2, lr=0.0, log_every=0)
+            loss = model.loss(x, tokens, mask)
         assert model.logit_scale.exp().item() == pytest.approx(scale)
-        assert losses[0] == pytest.approx(clip_loss(set_to * cos).item(), rel=1e-4)
-        assert losses[1] == pytest.approx(clip_loss(scale * cos).item(), rel=1e-4)
-    assert clip_loss(1e4 * cos) > 1.5 * clip_loss(100 * cos)  # so step 2 tells the scales apart
+        assert loss.item() == pytest.approx(clip_loss(scale * cos).item(), rel=1e-4)
+    assert clip_loss(1e4 * cos) > 1.5 * clip_loss(100 * cos)  # so the losses tell the scales apart

@@ -36,7 +36,7 @@ FAST = ("--n 4 --steps 2,3 --scales 1,2 --per-caption 2 --prior-steps 2 --decode
         "--prior-recipes 2x0.001,6x0.003").split()
 ROWS = {"prior": ["real renders (reference)", "(a) diffusion prior", "(b) AR prior",
                   "(c) z_t as z_i, no prior (zero-shot)", "(d) caption only, no z_i"],
-        "curves": ["prior", "decoder", "up1", "up2"],  # clip.pt keeps no loss history
+        "curves": ["clip", "prior", "decoder", "up1", "up2"],
         "guidance": ["real renders (reference)", "decoder s=1, prior s=1", "decoder s=2, prior s=1",
                      "decoder s=3, prior s=1", "decoder s=3, prior s=3"],
         "binding": ["real renders (reference)"] + [f"{d}, {n}" for d in (

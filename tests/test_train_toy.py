@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import torch
 
 import train_config
 import train_toy
+from clip_frozen import CLIP
 from decoder import Decoder
 from prior import DiffusionPrior
 from upsample import Upsampler
@@ -164,12 +166,13 @@ def test_the_defaults_and_quick_pass_the_checks():
         train_config.check_config(cfg, list(train_config.STAGES), world=1)
 
 
-@pytest.mark.parametrize("stage, model_cls",
-                         [("prior", DiffusionPrior), ("decoder", Decoder), ("up1", Upsampler)])
+@pytest.mark.parametrize("stage, model_cls", [("clip", CLIP), ("prior", DiffusionPrior), ("decoder", Decoder),
+                                              ("up1", Upsampler)])
 def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(finished_run, tmp_path, monkeypatch,
                                                                        stage, model_cls):
     done, _ = finished_run
-    shutil.copy(done / "clip.pt", tmp_path / "clip.pt")
+    if stage != "clip":
+        shutil.copy(done / "clip.pt", tmp_path / "clip.pt")
     args = TINY + ["--out", str(tmp_path), "--stages", stage, "--resume"]
     real_loss, calls = model_cls.loss, [0]
 
@@ -192,6 +195,19 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(finished_
     for a, b in ((resumed["state_dict"], uninterrupted["state_dict"]),
                  (resumed["train"]["model"], uninterrupted["train"]["model"])):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_clip_trains_with_its_own_adamw_settings_and_a_schedule_to_zero(finished_run):
+    # [CLIP] Sec. 2.5 through the shared loop: β2 0.98, ε 1e-6, decay 0.2 on weights only, cosine to 0, no EMA
+    ck = torch.load(finished_run[0] / "clip.pt", weights_only=True)
+    decay, no_decay = ck["train"]["opt"]["param_groups"]
+    assert decay["betas"] == (0.9, 0.98) and decay["eps"] == 1e-6 and decay["weight_decay"] == 0.2
+    assert no_decay["weight_decay"] == 0.0 and no_decay["lr"] == decay["lr"]
+    warmup = STEPS // 10 + 1  # then cosine over the steps left, evaluated at the last one
+    cosine = 0.5 * (1 + math.cos(math.pi * (STEPS - 1 - warmup) / (STEPS - warmup)))
+    assert decay["lr"] == pytest.approx(1e-3 * cosine)
+    model = ck["train"]["model"]
+    assert all(torch.equal(model[k], v) for k, v in ck["state_dict"].items())  # EMA 0: the last weights
 
 
 def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeypatch):
@@ -292,17 +308,18 @@ def _free_port() -> int:
 def test_ddp_with_gloo_two_processes(finished_run, tmp_path):
     done, _ = finished_run
     out = tmp_path / "ddp"
-    out.mkdir()
-    shutil.copy(done / "clip.pt", out / "clip.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(REPO / "train_toy.py"),
-           *TINY, "--stages", "prior", "--resume", "--out", str(out)]
+           *TINY, "--stages", "clip,prior", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(out / "prior.pt", weights_only=True)
     assert ck["train"]["step"] == STEPS
     assert "prior step 4/4" in proc.stdout and "evaluation skipped" in proc.stdout
+    # CLIP: both processes see the whole batch, so the averaged gradient is one process's
+    two, one = (torch.load(d / "clip.pt", weights_only=True)["state_dict"] for d in (out, done))
+    assert all(torch.allclose(two[k], one[k], atol=1e-5) for k in one)
 
 
 def test_data_sizes_load_what_the_stages_need():
