@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import GaussianDiffusion, cosine_betas, guide, rng_device, timestep_embedding
+from diffusion import GaussianDiffusion, attention, cosine_betas, guide, rng_device, timestep_embedding
 
 
 @dataclass
@@ -148,7 +148,7 @@ class AttentionBlock(nn.Module):
             # [B, 1, 1, HW+K]: the spatial keys are always visible, the context ones where unmasked
             attn_mask = F.pad(context_mask, (H * W, 0), value=True)[:, None, None, :]
         q, k, v = (a.reshape(B, a.shape[1], self.heads, -1).transpose(1, 2) for a in (q, k, v))
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, nh, HW, hs]
+        h = attention(q, k, v, attn_mask)  # [B, nh, HW, hs]
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))  # [B, HW, C]
         return x + h.transpose(1, 2).reshape(B, C, H, W)
 
@@ -169,7 +169,7 @@ class TextBlock(nn.Module):
                    for a in self.qkv(self.ln_1(x)).chunk(3, dim=-1))  # each [B, nh, L, hs]
         # Causal: padding sits after the end token, so real tokens never see it and no row of
         # the mask is empty (a key-padding mask would give NaN rows for an all-padding caption).
-        h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = attention(q, k, v, causal=True)
         x = x + self.proj(h.transpose(1, 2).reshape(B, L, W))
         return x + self.mlp(self.ln_2(x))
 

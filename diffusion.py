@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 # What the net predicts: the noise ε, x_0 itself (prior), or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 [PD]
@@ -162,6 +163,20 @@ def autocast_network(module: nn.Module, device, precision: str) -> list:
         entered.pop().__exit__(None, None, None)
         return None if out is None else out.float()
     return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
+
+
+def attention(q, k, v, mask=None, causal: bool = False):
+    """softmax(q k^T / sqrt(hs) + mask) v for q [B, nh, S, hs], k, v [B, nh, S', hs]; mask bool, True =
+    attend, broadcast to [B, nh, S, S']. F.scaled_dot_product_attention, except under bf16 autocast on a
+    CPU: there torch's fused CPU kernel is 2-4x slower than the plain product at these sequence lengths
+    (5-120 tokens), so the product is computed directly, its softmax in fp32 as autocast does."""
+    if not (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    w = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, nh, S, S'] in bf16
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    w = w.float() if mask is None else w.float().masked_fill(~mask, float("-inf"))
+    return w.softmax(-1).to(v.dtype) @ v
 
 
 class GaussianDiffusion(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffusion import GaussianDiffusion, cosine_betas, guide, rng_device, timestep_embedding
+from diffusion import GaussianDiffusion, attention, cosine_betas, guide, rng_device, timestep_embedding
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -61,7 +61,7 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, S, hs)
         if last is not None:
             x, q, mask = x[:, -last:], q[:, :, -last:], mask[:, :, -last:]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, S or last, hs)
+        a = attention(q, k, v, mask)  # (B, nh, S or last, hs)
         x = x + self.proj(a.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.ln_2(x))
 

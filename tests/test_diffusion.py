@@ -579,3 +579,34 @@ def test_autocast_precision_choices():
         assert (x @ w).dtype == (torch.bfloat16 if diffusion.cpu_has_native_bf16() else torch.float32)
     with pytest.raises(ValueError, match="precision"):
         diffusion.autocast("cpu", "fp16")
+
+
+def _attention_reference(q, k, v, mask):  # softmax(q k^T / sqrt(hs), masked) v in float64
+    w = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    return w.masked_fill(~mask, float("-inf")).softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_is_the_masked_softmax_product_in_either_precision(precision):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 8, generator=g) for _ in range(3))
+    keys = torch.rand(3, 1, 1, 6, generator=g) > 0.4
+    keys[..., 0] = True  # every row sees a key
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    tol = {"fp32": 1e-5, "bf16": 5e-2}[precision]  # bf16 keeps 8 bits of mantissa
+    with diffusion.autocast("cpu", precision):
+        for mask, kw in ((keys, {"mask": keys}), (causal, {"causal": True})):
+            out = diffusion.attention(q, k, v, **kw)
+            assert out.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+            torch.testing.assert_close(out.double(), _attention_reference(q, k, v, mask), atol=tol, rtol=tol)
+            # the values of keys a query does not see never reach it (query 0 sees key 0 only, causally)
+            v2 = torch.where(mask[..., :1, :].transpose(-2, -1), v, v + 1e3)
+            assert torch.equal(diffusion.attention(q, k, v2, **kw)[:, :, :1], out[:, :, :1])
+
+
+def test_attention_under_cpu_bf16_autocast_trains():
+    q = torch.randn(2, 2, 5, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = diffusion.attention(q, q, q, causal=True)
+    out.float().square().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
