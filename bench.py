@@ -19,11 +19,9 @@ import argparse
 import importlib.util
 import json
 import math
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+import metrics
 from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP
 from decoder import Decoder, DecoderConfig
 from diffusion import autocast, autocast_network, cpu_has_native_bf16
@@ -294,8 +293,13 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
                            "separate environment (never a dependency of this project) and run there"}
     import dalle2_pytorch as peer
     count, D, dim, rows = lambda m: sum(p.numel() for p in m.parameters()), 128, 32 if quick else 64, []
-    trainer = lambda m, loss: training_step({"model": m, "data": tuple, "loss": loss, "ema": False,
-                                             "optim": Optim(1, 1, 1e-4)}, device, precision)
+
+    def trainer(m, loss):  # both models' whole loss under the precision's autocast
+        def autocast_loss():
+            with autocast(device, precision):
+                return loss().float()
+        return training_step({"model": m, "data": tuple, "loss": autocast_loss, "ema": False,
+                              "optim": Optim(1, 1, 1e-4)}, device, precision)
 
     def compare(name, ours, theirs, ours_fn, peer_fn, items):
         ours_fn(), peer_fn()  # warm-up
@@ -344,14 +348,6 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
         for r in rows])}
 
 
-def machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def markdown(head: list, rows: list) -> str:
     return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head), *rows])
 
@@ -368,7 +364,7 @@ def table(report: dict) -> str:
     head = ["model", "precision", "params", "GFLOP/example (train)", "train ex/s", "% of matmul peak",
             "sample s/image", mem]
     return markdown(head, rows) + (
-        f"\n\n{report['machine']}, {report['threads']} threads, torch {report['torch']}; matmul peak "
+        f"\n\n{report['machine']}; matmul peak "
         f"{peaks}; {report['bf16']}; median of {report['reps']} reps")
 
 
@@ -417,7 +413,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precisions = ["fp32", "bf16"] if args.precision == "both" else [resolve(device, args.precision)]
     native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    report = {"device": device.type, "machine": machine(device), "threads": torch.get_num_threads(),
+    report = {"device": device.type, "machine": metrics.machine(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "reps": reps, "quick": args.quick, "native_bf16": native,
               "command": " ".join(["python bench.py", *(sys.argv[1:] if argv is None else argv)]),
               "matmul": matmul_peaks(device, native, args.quick, reps), "models": {}}

@@ -54,7 +54,8 @@ def machine(device) -> str:
         cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
                     if line.startswith("model name")), cpu)
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""))
 
 
 def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -> Path:
