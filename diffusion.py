@@ -167,9 +167,11 @@ def autocast_network(module: nn.Module, device, precision: str) -> list:
 
 def attention(q, k, v, mask=None, causal: bool = False):
     """softmax(q k^T / sqrt(hs) + mask) v for q [B, nh, S, hs], k, v [B, nh, S', hs]; mask bool, True =
-    attend, broadcast to [B, nh, S, S']. F.scaled_dot_product_attention, except under bf16 autocast on a
-    CPU: there torch's fused CPU kernel is 2-4x slower than the plain product at these sequence lengths
-    (5-120 tokens), so the product is computed directly, its softmax in fp32 as autocast does."""
+    attend, broadcast to [B, nh, S, S'] (or causal), every query seeing a key. F.scaled_dot_product_attention,
+    except under bf16 autocast on a CPU: there torch's fused CPU kernel is 2-4x slower than the plain
+    product at the toy's 5-120 tokens, so it is computed directly, its softmax in fp32 as autocast does."""
+    if mask is not None and causal:
+        raise ValueError("pass a mask or causal=True, not both")
     if not (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     w = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, nh, S, S'] in bf16

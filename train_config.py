@@ -95,7 +95,7 @@ class Config:
     opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=4000, batch=64, lr=3e-3,
                                                               beta2=0.96, weight_decay=6e-2))
     # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast; 6000 steps:
-    # the hybrid loss still falls at 4500 (EXPERIMENTS.md, "Training curves")
+    # its misses are shapes (README, "Results"), and the default run stays under 17 min on 2 cores
     opt_decoder: Optim = field(default_factory=lambda: Optim(steps=6000, batch=16, lr=2e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
     # and a short EMA suit a few hundred steps (README, "The upsamplers")

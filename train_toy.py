@@ -171,10 +171,10 @@ def save_stage(name: str, model, ema, opt, step: int, history: list, run: Run) -
                 preview(run, name, ema, step)
 
 
-def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run, precision: str | None = None):
+def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     """AdamW + warmup/cosine lr + grad clipping + EMA -> (EMA model, eval mode; loss history). batch_fn(step):
     this process's share of model.loss's arguments, a pure function of the step (a resume sees the same
-    data). A model with param_groups() (CLIP) chooses which parameters decay. precision: the run's if None."""
+    data). A model with param_groups() (CLIP) chooses which parameters decay."""
     cfg, path = run.cfg, run.out / f"{name}.pt"
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params, ema_params = list(model.parameters()), list(ema.parameters())
@@ -188,8 +188,10 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run, prec
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
-    # the network alone under autocast: a U-Net, or a prior's Transformer
-    hooks = diffusion.autocast_network(getattr(model, "net", model), run.device, precision or cfg.precision)
+    # the network alone under autocast: a U-Net, or a prior's Transformer; CLIP in fp32, as every
+    # later stage reads its embeddings
+    net_only = getattr(model, "net", model)
+    hooks = [] if name == "clip" else diffusion.autocast_network(net_only, run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
     for step in range(start, oc.steps):
         # linear warmup, then cosine decay to lr_floor of the peak
@@ -261,8 +263,7 @@ def clip_stage(run: Run) -> None:
     if "clip" in run.stages:
         with run.timed("clip"):
             run.seed("clip")
-            # fp32: every later stage reads this CLIP's embeddings
-            model = train_stage("clip", new_model(cfg, "clip").to(run.device), batch, oc, run, "fp32")[0]
+            model = train_stage("clip", new_model(cfg, "clip").to(run.device), batch, oc, run)[0]
     else:
         model = load_clip(path, map_location=run.device)
     run.clip = FrozenCLIP(model, tokenizer)

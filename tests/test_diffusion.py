@@ -604,6 +604,22 @@ def test_attention_is_the_masked_softmax_product_in_either_precision(precision):
             assert torch.equal(diffusion.attention(q, k, v2, **kw)[:, :, :1], out[:, :, :1])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_of_spatial_queries_over_spatial_and_context_keys(precision):
+    # the decoder's shape: 9 queries, 9 + 4 keys, the context keys masked per row [B, 1, 1, S']
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 2, 9, 8, generator=g)
+    k, v = (torch.randn(2, 2, 13, 8, generator=g) for _ in range(2))
+    mask = torch.ones(2, 1, 1, 13, dtype=torch.bool)
+    mask[0, ..., 11:] = False
+    tol = {"fp32": 1e-5, "bf16": 5e-2}[precision]
+    with diffusion.autocast("cpu", precision):
+        out = diffusion.attention(q, k, v, mask)
+    torch.testing.assert_close(out.double(), _attention_reference(q, k, v, mask), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="not both"):
+        diffusion.attention(q, k, v, mask, causal=True)
+
+
 def test_attention_under_cpu_bf16_autocast_trains():
     q = torch.randn(2, 2, 5, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
