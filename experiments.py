@@ -7,15 +7,16 @@ on its own (EXPERIMENTS.md holds the tables of the default run).
     python experiments.py diversity --run runs/toy  # [unCLIP] 2.2: prior samples vary as the data does
     python experiments.py binding  --run runs/toy  # [unCLIP] Sec. 7: colours bound to shapes, two objects
     python experiments.py holdout  --run runs/toy  # compositional generalization to held-out pairs
+    python experiments.py recipes  --run runs/toy  # decoder recipes: accuracy from true z_i vs seconds
     python experiments.py curves   --run runs/toy  # each stage's training loss against its steps
     python experiments.py components --run runs/toy  # CLIP, prior, decoder from true z_i at s = 1 ... 8, ups
-    python experiments.py all      --run runs/toy  # the eight, one after the other
+    python experiments.py all      --run runs/toy  # the nine, one after the other
 
 Each reads the stage files train_toy.py wrote to --run, samples fresh Shapes captions at the
 decoder's 32x32 (the Evaluator reads 32x32; only components runs the upsamplers), and writes
 <name>.md and <name>.json to --out (default RUN/experiments) with the seed, the settings, the
-machine and the wall time. prior, variance, diversity and binding compare with stages the run
-lacks (an AR prior, a fixed-variance or caption-only decoder, priors trained longer or shorter):
+machine and the wall time. prior, variance, diversity, binding and recipes compare with stages the
+run lacks (an AR prior, a fixed-variance, caption-only or other-recipe decoder, other priors):
 train_toy.py trains each under the run's saved config into RUN/exp_*, beside a copy of clip.pt, so
 the run's own files are never touched; a finished sub-folder is reused.
 
@@ -46,6 +47,7 @@ from pathlib import Path
 import torch
 
 import metrics
+import scoring
 import toy_data
 import train_config
 import train_toy
@@ -72,7 +74,8 @@ from scoring import (
     versus_unguided,
     zero_shot,
 )
-from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
+from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES
+from train_config import numbers, parse_pairs, step_lr_pairs
 
 DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder steps per image
 
@@ -250,6 +253,35 @@ def exp_holdout(a, pipe, cfg) -> tuple:
     return rows, "CLIP, prior and decoder all trained without the held-out pairs"
 
 
+# decoder recipes: sub-folder -> (label, options over the run's config, share of the run's steps). eps, v
+# and x0 prediction weigh the error in x_0 over t by SNR, 1 + SNR and 1 ([PD] Sec. 4); batch 32 sees as
+# many examples as the run's batch 16 in half the steps
+DECODER_RECIPES = {"own": ("the run's recipe", [], 1),
+                   "eps": ("eps prediction", ["--decoder.mean_type", "eps"], 1),
+                   "x0": ("x0 prediction", ["--decoder.mean_type", "x0"], 1),
+                   "batch32": ("batch 32, half the steps", ["--opt_decoder.batch", "32"], 0.5)}
+
+
+def exp_recipes(a, pipe, cfg) -> tuple:
+    """Decoder recipes judged by accuracy from the true z_i against training seconds: each trained anew
+    under the run's config, its EMA weights kept at about six points of its schedule."""
+    held, every = shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout), cfg.get("ckpt_every", 500)
+    own = a.train_steps or cfg.get("opt_decoder", {}).get("steps", 1)
+    rows, series = [], {}
+    for key, (label, options, share) in DECODER_RECIPES.items():
+        steps = max(1, round(share * own))
+        snapshot = every * max(1, round(steps / 6 / every))
+        path = train_extra(a, cfg, f"exp_recipe_{key}", "decoder", [
+            "--stages", "decoder", "--snapshot_every", str(snapshot), *options], steps)
+        rows += (part := scoring.recipe_rows(a, pipe, held, label, path.parent))
+        series[label] = [(r["train seconds"], r["all"]) for r in part]
+    chart(a, "recipes", [{"title": "decoder from the true z_i", "x": "training seconds", "y": "all right",
+                          "series": series}])
+    return rows, (f"each recipe's decoder trained anew in RUN/exp_recipe_*; decoder guidance "
+                  f"{a.sampling['decoder_guidance']:g}, {a.sampling['decoder_steps']} steps; train seconds: "
+                  "its training's wall time to that step, previews included")
+
+
 def exp_curves(a, pipe, cfg) -> tuple:
     """Training curves: each stage's loss against its steps, from the loss history in its checkpoint."""
     rows, panels = curve_rows(a.run)
@@ -297,6 +329,7 @@ EXPERIMENTS = {  # name: (title, the function that measures it -> (rows or {titl
     "diversity": ("Prior diversity [unCLIP] Sec. 2.2", exp_diversity),
     "binding": ("Attribute binding [unCLIP] Sec. 7", exp_binding),
     "holdout": ("Compositional generalization (held-out pairs)", exp_holdout),
+    "recipes": ("Decoder recipes: accuracy against training seconds", exp_recipes),
     "curves": ("Training curves", exp_curves),
     "components": ("Each module on its own: CLIP, prior, decoder, upsamplers", exp_components)}
 
@@ -332,37 +365,9 @@ def run(name: str, a, pipe, cfg) -> dict:
             f"machine: {record['machine']}; wall time {record['seconds']:.0f} s\n\n"
             + "\n\n".join((f"#### {t}\n\n" if t else "") + table(r) for t, r in tables.items()) + "\n")
     for suffix, body in ((".md", text), (".json", json.dumps(record, indent=2, default=str))):
-        train_toy.save_atomic_text(a.out / f"{name}{suffix}", body)
+        metrics.save_atomic_text(a.out / f"{name}{suffix}", body)
     print(text, flush=True)
     return record
-
-
-def parse_pairs(text: str) -> list:
-    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
-    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
-    try:
-        allowed_pairs(pairs)
-    except ValueError as e:
-        raise SystemExit(f"--holdout {text!r}: {e}") from None
-    return pairs
-
-
-def numbers(text: str, kind=int) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
-
-
-def recipes(text: str) -> list:
-    """'1200x0.001,3000x0.003' -> [(1200, 0.001), (3000, 0.003)], checked."""
-    try:
-        out = [(int(s), float(lr)) for s, lr in (r.split("x") for r in text.split(",") if r.strip())]
-        if out and all(s >= 1 and lr > 0 for s, lr in out):
-            return out
-    except ValueError:  # also a recipe without exactly one x
-        pass
-    raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -391,8 +396,8 @@ def parser() -> argparse.ArgumentParser:
                    "the run's report.json; give it only for a run without one)")
     p.add_argument("--prior-recipes", default="1200x0.001,3000x0.003,6000x0.001",
                    help="diversity: diffusion priors to train, STEPSxLR, beside the run's own")
-    p.add_argument("--train-steps", type=int, help="steps of the AR prior, fixed-variance or caption-only "
-                   "decoder an experiment trains when missing (default: the run's own)")
+    p.add_argument("--train-steps", type=int, help="steps of the AR prior, or of the fixed-variance, "
+                   "caption-only or recipes' decoders an experiment trains when missing (default: the run's)")
     return p
 
 
@@ -422,7 +427,7 @@ def settings(argv: list) -> tuple:
     return Settings(**given | dict(
         argv=argv[:at] + argv[at + 1:], out=p.out or p.run / "experiments", steps=steps, scales=scales,
         device=auto if p.device == "auto" else p.device, sampling=sampling, up_steps=list(base["up_steps"]),
-        holdout=holdout, prior_recipes=recipes(p.prior_recipes))), cfg
+        holdout=holdout, prior_recipes=step_lr_pairs(p.prior_recipes))), cfg
 
 
 def main(argv=None) -> list:

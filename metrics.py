@@ -1,6 +1,7 @@
 """Measures and pictures that do not depend on the data: CLIP score, Frechet distance, PSNR, a
-captioned image grid, line charts, and the machine a figure was measured on. train_toy.py, experiments.py,
-real_data.py and unclip.py share them; toy_data.py and real_data.py hold the data-specific readers.
+captioned image grid, line charts, the machine a figure was measured on, and atomic file writes.
+train_toy.py, experiments.py, real_data.py and unclip.py share them; toy_data.py and real_data.py hold
+the data-specific readers.
 
 Symbols and names
     z_i, z_t   unit CLIP image / caption embeddings [B, D]
@@ -10,6 +11,7 @@ Symbols and names
 import math
 import os
 import platform
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -170,3 +172,23 @@ def _save_png(image: Image.Image, path) -> Path:
     image.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
     os.replace(tmp, path)  # atomic: a crash never leaves half a picture behind
     return path
+
+
+def guarded(path: Path, save) -> None:
+    """save() writes path.tmp and renames it to path: never a half-written file. If the write fails (a
+    full disk) the partial file goes, path keeps what it held, and the error says what to do."""
+    try:
+        save()
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        Path(f"{path}.tmp").unlink(missing_ok=True)
+        free = shutil.disk_usage(Path(path).parent).free / 2**20
+        raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:160]}; {free:.0f} MiB free there). "
+                      "The files written before are kept: make room, then run again with --resume") from None
+
+
+def save_atomic(obj, path: Path) -> None:
+    guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), os.replace(f"{path}.tmp", path)))
+
+
+def save_atomic_text(path: Path, text: str) -> None:
+    guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))

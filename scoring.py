@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import metrics
 import toy_data
 import unclip
+from decoder import Decoder
 from prior import ARPrior, DiffusionPrior
 from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
 from upsample import resize
@@ -350,21 +351,51 @@ def decoder_rows(a, pipe, held) -> list:
     each decoder guidance scale of --scales, and without the caption: does the image keep the
     render's five attributes, and does guidance raise the CLIP score?"""
     x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
-    z_i = pipe.clip.encode_image(x)
-    tokens, mask = pipe.clip.tokenize(captions)
-    length = int(mask.sum(1).max())  # trailing padding cut, as UnCLIP.generate does
-    with_text = [(f"true z_i and the caption, s={s:g}", (tokens[:, :length], mask[:, :length]), s)
-                 for s in sorted({*a.scales, g0})]
+    z_i, text = pipe.clip.encode_image(x), caption_tokens(pipe, captions)
+    with_text = [(f"true z_i and the caption, s={s:g}", text, s) for s in sorted({*a.scales, g0})]
     without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
     rows = [real_row(pipe, captions, held["attrs"], x)]
     for label, text, s in (with_text + without) if pipe.decoder.cfg.text_layers else without:
-        clock, gens = time.perf_counter(), [torch.Generator().manual_seed(a.seed + j) for j in range(len(x))]
-        out = pipe.decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
-                                  guidance_scale=s).clamp(-1, 1)
-        row = score(pipe, out, captions, held["attrs"], x)
+        clock = time.perf_counter()
+        row = score(pipe, decode_true(a, pipe.decoder, z_i, text, s), captions, held["attrs"], x)
         rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
                                             "seconds": time.perf_counter() - clock})
     return versus_unguided(rows, "true z_i and the caption, s=1")
+
+
+def caption_tokens(pipe, captions) -> tuple:
+    """(tokens, mask) of the captions with the trailing padding cut, as UnCLIP.generate does."""
+    tokens, mask = pipe.clip.tokenize(captions)
+    length = int(mask.sum(1).max())
+    return tokens[:, :length], mask[:, :length]
+
+
+def decode_true(a, decoder, z_i, text, s) -> torch.Tensor:
+    """The decoder's images of the true z_i [B, D] and (tokens, mask) at guidance s, one seed an image."""
+    gens = [torch.Generator().manual_seed(a.seed + j) for j in range(len(z_i))]
+    return decoder.sample(z_i, *text, steps=a.sampling["decoder_steps"], generator=gens,
+                          guidance_scale=s).clamp(-1, 1)
+
+
+def recipe_rows(a, pipe, held, name: str, folder: Path) -> list:
+    """A decoder recipe's EMA weights at each snapshot (folder/decoder_<step>.pt, then the final
+    decoder.pt) decoding the true z_i of held-out renders with their caption at the run's guidance:
+    attribute accuracy against the training seconds spent to reach that step."""
+    x, captions = held["images"][32], held["caption"]
+    z_i, text = pipe.clip.encode_image(x), caption_tokens(pipe, captions)
+    points = {}
+    for path in [*sorted(folder.glob("decoder_*.pt")), folder / "decoder.pt"]:
+        ck = torch.load(path, weights_only=True)
+        info = ck.get("train", ck)  # a snapshot holds step and seconds itself
+        points.setdefault(info["step"], (path, info.get("seconds")))
+    rows = []
+    for step, (path, seconds) in sorted(points.items()):
+        decoder = Decoder.load(path, map_location=a.device).eval()
+        out = decode_true(a, decoder, z_i, text if decoder.cfg.text_layers else (None, None),
+                          a.sampling["decoder_guidance"])
+        rows.append({"row": f"{name}, step {step}", "step": step, "train seconds": seconds}
+                    | score(pipe, out, captions, held["attrs"], x))
+    return rows
 
 
 def upsampler_rows(a, pipe, held) -> list:

@@ -19,7 +19,7 @@ import real_data
 from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
 from decoder import Decoder, DecoderConfig, toy_config
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
-from toy_data import Shapes
+from toy_data import Shapes, allowed_pairs
 from upsample import Upsampler, UpsamplerConfig, stage_config
 
 
@@ -69,6 +69,9 @@ class Config:
     prior_kind: str = "diffusion"  # "diffusion" or "ar" [unCLIP] Sec. 2.2
     log_every: int = 50
     ckpt_every: int = 500
+    # k > 0: every k steps (a multiple of ckpt_every) also each stage's EMA weights alone, with the step and
+    # the training seconds, as <stage>_<step>.pt: experiments.py recipes reads the decoder's
+    snapshot_every: int = 0
     # CLIPConfig's defaults are the toy CLIP: 8x8-pixel patches, two blocks per tower and a 64-wide
     # text tower keep the CLIP and prior stages to a few minutes of a 2-core CPU
     clip: CLIPConfig = field(default_factory=CLIPConfig)
@@ -177,7 +180,7 @@ def _rule(name: str, value) -> str | None:
         return None if 0 <= value < 1 else "must lie in [0, 1)"
     if "drop" in name or name.endswith("prob") or name in ("two_objects", "lr_floor"):  # fractions
         return None if 0 <= value <= 1 else "must lie in [0, 1]"
-    if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim"):  # 0 is meaningful
+    if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim", "snapshot_every"):  # 0 allowed
         return None if value >= 0 else "must be >= 0"
     if name.endswith("_steps"):  # a respaced sampler keeps the first and the last timestep
         return None if value >= 2 else "must be >= 2"
@@ -194,6 +197,9 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
                 raise SystemExit(f"--{dotted} {_flag_value(cfg, f'--{dotted}')}: {why}")
     if cfg.precision not in diffusion.PRECISIONS:
         raise SystemExit(f"--precision {cfg.precision}: must be one of {', '.join(diffusion.PRECISIONS)}")
+    if cfg.snapshot_every % cfg.ckpt_every:
+        raise SystemExit(f"--snapshot_every {cfg.snapshot_every}: must be a multiple of --ckpt_every "
+                         f"{cfg.ckpt_every}, the steps a snapshot can be written at")
     if cfg.prior_kind not in ("diffusion", "ar"):
         raise SystemExit(f"--prior_kind {cfg.prior_kind}: must be diffusion or ar")
     try:
@@ -351,3 +357,32 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     check_folder(Path(cfg.out), [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
     return stages, device, rank, world
+
+
+# ----------------------------------------------------------------------------- experiments.py's option values
+def parse_pairs(text: str) -> list:
+    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
+    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
+    try:
+        allowed_pairs(pairs)
+    except ValueError as e:
+        raise SystemExit(f"--holdout {text!r}: {e}") from None
+    return pairs
+
+
+def numbers(text: str, kind=int) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
+
+
+def step_lr_pairs(text: str) -> list:
+    """'1200x0.001,3000x0.003' -> [(1200, 0.001), (3000, 0.003)], checked."""
+    try:
+        out = [(int(s), float(lr)) for s, lr in (r.split("x") for r in text.split(",") if r.strip())]
+        if out and all(s >= 1 and lr > 0 for s, lr in out):
+            return out
+    except ValueError:  # also a recipe without exactly one x
+        pass
+    raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")

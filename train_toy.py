@@ -22,7 +22,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ import scoring
 import toy_data
 import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
-from metrics import clip_score, save_grid
+from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid
 from toy_data import Shapes, attribute_accuracy, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
@@ -115,37 +114,17 @@ class LossOf(nn.Sequential):  # LossOf(model)(*a) = model.loss(*a), a call Distr
         return self[0].loss(*args)
 
 
-def guarded(path: Path, save) -> None:
-    """save() writes path.tmp and renames it to path: never a half-written file. If the write fails (a
-    full disk) the partial file goes, path keeps what it held, and the error says what to do."""
-    try:
-        save()
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        Path(f"{path}.tmp").unlink(missing_ok=True)
-        free = shutil.disk_usage(Path(path).parent).free / 2**20
-        raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:160]}; {free:.0f} MiB free there). "
-                      "The files written before are kept: make room, then run again with --resume") from None
-
-
-def save_atomic(obj, path: Path) -> None:
-    guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), os.replace(f"{path}.tmp", path)))
-
-
-def save_atomic_text(path: Path, text: str) -> None:
-    guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))
-
-
 def rng_state(device) -> list:  # the generators a loss draws from: the CPU's, and the GPU's on CUDA
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int, list]:
-    """Weights, optimizer, step, loss history and this process's RNG state from a stage checkpoint;
-    a file without training state (a copied clip.pt) counts as finished."""
+def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int, list, float]:
+    """Weights, optimizer, step, loss history, training seconds and this process's RNG state from a stage
+    checkpoint; a file without training state (a copied clip.pt) counts as finished."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
     ema.load_state_dict(ck["state_dict"])
     if "train" not in ck:
-        return steps, []
+        return steps, [], 0.0
     model.load_state_dict(ck["train"]["model"])
     opt.load_state_dict(ck["train"]["opt"])
     rngs = ck["train"]["rng"]  # one state list per process (a file of older code: the CPU state)
@@ -153,19 +132,23 @@ def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int,
     torch.set_rng_state(state[0].cpu())
     if run.device.type == "cuda" and len(state) > 1:
         torch.cuda.set_rng_state(state[1].cpu(), run.device)
-    return ck["train"]["step"], ck["train"]["history"]
+    return ck["train"]["step"], ck["train"]["history"], ck["train"].get("seconds", 0.0)
 
 
-def save_stage(name: str, model, ema, opt, step: int, history: list, run: Run) -> None:
-    """The stage checkpoint (EMA weights + what resuming needs, every process's RNG state), a preview."""
+def save_stage(name: str, model, ema, opt, step: int, history: list, run: Run, seconds: float) -> None:
+    """The stage checkpoint (EMA weights + what resuming needs, every process's RNG state), a preview;
+    every cfg.snapshot_every steps also the EMA weights alone as <name>_<step>.pt."""
     rngs = [rng_state(run.device)] * run.world
     if run.world > 1:  # each process draws its own noise: keep every one's state
         torch.distributed.all_gather_object(rngs, rng_state(run.device))
     if run.rank == 0:
         config = model.config if name == "clip" else model.cfg  # CLIP keeps OpenAI's attribute name
-        save_atomic({"config": asdict(config), "state_dict": ema.state_dict(),
-                     "train": {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                               "history": history, "rng": rngs}}, run.out / f"{name}.pt")
+        weights = {"config": asdict(config), "state_dict": ema.state_dict()}
+        train = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                 "rng": rngs, "seconds": seconds}
+        save_atomic(weights | {"train": train}, run.out / f"{name}.pt")
+        if run.cfg.snapshot_every and step % run.cfg.snapshot_every == 0:
+            save_atomic(weights | {"step": step, "seconds": seconds}, run.out / f"{name}_{step:06d}.pt")
         if name != "clip":
             with diffusion.autocast(run.device, run.cfg.precision):
                 preview(run, name, ema, step)
@@ -182,9 +165,9 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     # foreach: one kernel per operation over all tensors (fused differs from it in the last bit on a CPU)
     opt = torch.optim.AdamW(groups, lr=oc.lr, betas=(0.9, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay,
                             foreach=True)
-    start, history = 0, []
+    start, history, spent = 0, [], 0.0
     if run.resume and path.exists():
-        start, history = resume_from(path, model, ema, opt, run, oc.steps)
+        start, history, spent = resume_from(path, model, ema, opt, run, oc.steps)
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
@@ -193,6 +176,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     net_only = getattr(model, "net", model)
     hooks = [] if name == "clip" else diffusion.autocast_network(net_only, run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
+    begun = clock - spent  # the stage's training seconds, across resumes
     for step in range(start, oc.steps):
         # linear warmup, then cosine decay to lr_floor of the peak
         progress = max(0.0, (step - warmup) / max(1, oc.steps - warmup))
@@ -225,7 +209,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
                     f"lr {lr:.1e} {rate:.0f} ex/s eta {eta / 60:.1f} min")
             pending, clock = [], time.perf_counter()
         if save:
-            save_stage(name, model, ema, opt, step + 1, history, run)
+            save_stage(name, model, ema, opt, step + 1, history, run, time.perf_counter() - begun)
     for hook in hooks:
         hook.remove()
     return ema, history
@@ -363,14 +347,13 @@ def main(argv=None) -> dict:
 @torch.no_grad()
 def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path, log) -> dict:
     """The metrics on held-out captions: attribute accuracy, CLIP score, FD_CLIP, prior cosine."""
-    s, shapes = cfg.sampling, cfg.data == "shapes"
+    s, shapes, res = cfg.sampling, cfg.data == "shapes", cfg.clip.image_resolution
     if shapes:  # another seed: scenes and captions the training never saw
-        res = cfg.clip.image_resolution
         held = Shapes(cfg.eval_size, (res,), cfg.seed + toy_data.EVAL_SEED, holdout=cfg.holdout_pairs)
         held = shapes_collate([held[i] for i in range(cfg.eval_size)])
         captions, named, real = held["caption"], held["named"], held["images"][res]
     else:  # the held-out split: IDX's and CIFAR-10's test files, a folder's held-out captions
-        res, g = cfg.clip.image_resolution, torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed)
         held_set = real_data.open_dataset(cfg.data, train=False, sizes=(res,), seed=cfg.seed)
         idx = torch.randperm(len(held_set), generator=g)[:cfg.eval_size].tolist()
         held = shapes_collate([held_set[i] for i in idx])

@@ -73,6 +73,7 @@ def test_every_experiment_writes_its_table_and_keeps_the_run(run):
     check_components(records.pop(), run)  # last, so that it finds the AR prior `prior` trained
     check_variance(records.pop(1), run)
     check_diversity(records.pop(2), run)
+    check_recipes(records.pop(4), run)
     for record in records:
         name = record["experiment"]
         assert [row["row"] for row in record["rows"]] == ROWS[name], name
@@ -149,6 +150,27 @@ def test_exact_denoiser_samples_its_points():
     counts = torch.bincount(cos[:400].argmax(1), minlength=4)
     assert counts.min() > 60 and counts.max() < 140, counts  # 100 each; binomial sd 8.7
     assert (cos[400:].argmax(1) == 0).all()
+
+
+def check_recipes(record, run):
+    """Each decoder recipe trained anew with snapshots, scored at each: rows in step order,
+    training seconds growing; the run's own recipe retrains the run's decoder to the bit."""
+    steps = {"the run's recipe": (2, 4), "eps prediction": (2, 4), "x0 prediction": (2, 4),
+             "batch 32, half the steps": (2,)}
+    assert [r["row"] for r in record["rows"]] == [f"{k}, step {s}" for k, v in steps.items() for s in v]
+    for rows in (record["rows"][0:2], record["rows"][2:4], record["rows"][4:6]):
+        assert 0 < rows[0]["train seconds"] < rows[1]["train seconds"]
+        assert all(0 <= r["all"] <= 1 and math.isfinite(r["FD_CLIP"]) for r in rows)
+    for key, mean_type, trained in (("own", "v", 4), ("eps", "eps", 4), ("x0", "x0", 4), ("batch32", "v", 2)):
+        ck = torch.load(run / f"exp_recipe_{key}" / "decoder_000002.pt", weights_only=True)
+        assert set(ck) == {"config", "state_dict", "step", "seconds"} and ck["step"] == 2
+        assert ck["config"]["mean_type"] == mean_type
+        final = torch.load(run / f"exp_recipe_{key}" / "decoder.pt", weights_only=True)["train"]
+        assert final["step"] == len(final["history"]) == trained and final["seconds"] >= ck["seconds"]
+    ours, theirs = (torch.load(d / "decoder.pt", weights_only=True)["state_dict"]
+                    for d in (run / "exp_recipe_own", run))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert Image.open(run / "experiments" / "recipes.png").size == (380, 300)
 
 
 def check_curves(record, run):
@@ -313,7 +335,7 @@ def test_diversity_and_single_pair_scenes():
 
 
 def test_prior_recipes_are_parsed_and_checked():
-    assert experiments.recipes("1200x0.001, 6000x3e-3") == [(1200, 0.001), (6000, 0.003)]
+    assert train_config.step_lr_pairs("1200x0.001, 6000x3e-3") == [(1200, 0.001), (6000, 0.003)]
     for bad in ("", "6000", "1x2x3", "0x0.1", "10x0", "10xnan", "ax0.1"):
         with pytest.raises(SystemExit, match="--prior-recipes"):
-            experiments.recipes(bad)
+            train_config.step_lr_pairs(bad)

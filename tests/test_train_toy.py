@@ -150,6 +150,7 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("clip.vision_patch_size", "5", "--clip.* do not fit: image_resolution 32 is not a multiple of"),
     ("decoder.channel_mults", "1,1,1,1,1,1,1", "--decoder.channel_mults 1,1,1,1,1,1,1: its 32x32 images"),
     ("prior.heads", "3", "--prior.* do not fit: width 32 must be even and divisible by heads 3"),
+    ("snapshot_every", "3", "--snapshot_every 3: must be a multiple of --ckpt_every 2"),
 ])
 def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monkeypatch, option, value,
                                                                  message):
@@ -185,11 +186,13 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(finished_
     monkeypatch.setattr(model_cls, "loss", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train_toy.main(args)
-    assert torch.load(tmp_path / f"{stage}.pt", weights_only=True)["train"]["step"] == 2
+    killed = torch.load(tmp_path / f"{stage}.pt", weights_only=True)["train"]
+    assert killed["step"] == 2
     monkeypatch.setattr(model_cls, "loss", real_loss)
     train_toy.main(args)
     resumed, uninterrupted = (torch.load(d / f"{stage}.pt", weights_only=True) for d in (tmp_path, done))
     assert resumed["train"]["step"] == STEPS
+    assert resumed["train"]["seconds"] > killed["seconds"] > 0  # the training seconds carry on
     # same data, same RNG stream: the loss history continues exactly, to the same weights
     assert resumed["train"]["history"] == uninterrupted["train"]["history"]
     for a, b in ((resumed["state_dict"], uninterrupted["state_dict"]),
