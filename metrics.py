@@ -49,13 +49,18 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(((x - y) / 2).square().flatten(1).mean(1))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, a container's cpuset), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine(device) -> str:
     """The OS, CPU model, core and thread counts, torch version and device: what a figure names."""
     cpu, info = platform.processor() or platform.machine(), Path("/proc/cpuinfo")
     if info.exists():
         cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
                     if line.startswith("model name")), cpu)
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), "
+    return (f"{platform.system()} {platform.machine()}, {usable_cpus()} CPUs ({cpu}), "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}"
             + (f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""))
 

@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ import scoring
 import toy_data
 import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
-from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid
+from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid, usable_cpus
 from toy_data import Shapes, attribute_accuracy, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
@@ -57,7 +56,7 @@ def load_data(cfg: Config, sizes: tuple[int, ...], log) -> Data:
     else:  # real images, their training split only: evaluate() reads the held-out one
         ds = real_data.open_dataset(cfg.data, train=True, sizes=sizes, seed=cfg.seed)
     clock = time.perf_counter()
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, os.cpu_count() or 1),
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=min(4, usable_cpus()),
                                          collate_fn=shapes_collate)
     images, captions = {}, []
     for batch in loader:

@@ -89,3 +89,14 @@ def test_save_charts_draws_each_series_where_its_points_are(tmp_path):
                             tmp_path / "d.png")
     with pytest.raises(ValueError, match="at least one point"):
         metrics.save_charts([{"title": "t", "x": "", "y": "", "series": {"a": []}}], tmp_path / "d.png")
+
+
+def test_machine_names_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(metrics.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert metrics.usable_cpus() == 1  # e.g. under taskset -c 0 on a many-core host
+    text = metrics.machine("cpu")
+    assert text.startswith(f"{metrics.platform.system()} ") and ", 1 CPUs (" in text
+    assert f"torch {torch.__version__}, device cpu" in text
+    monkeypatch.delattr(metrics.os, "sched_getaffinity")  # macOS and Windows have no affinity call
+    monkeypatch.setattr(metrics.os, "cpu_count", lambda: None)
+    assert metrics.usable_cpus() == 1
