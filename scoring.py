@@ -26,7 +26,7 @@ import metrics
 import toy_data
 import unclip
 from decoder import Decoder
-from prior import ARPrior, DiffusionPrior
+from prior import ARPrior, DiffusionPrior, trim_padding
 from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES, allowed_pairs
 from upsample import resize
 
@@ -351,7 +351,7 @@ def decoder_rows(a, pipe, held) -> list:
     each decoder guidance scale of --scales, and without the caption: does the image keep the
     render's five attributes, and does guidance raise the CLIP score?"""
     x, captions, g0 = held["images"][32], held["caption"], a.sampling["decoder_guidance"]
-    z_i, text = pipe.clip.encode_image(x), caption_tokens(pipe, captions)
+    z_i, text = pipe.clip.encode_image(x), trim_padding(*pipe.clip.tokenize(captions))
     with_text = [(f"true z_i and the caption, s={s:g}", text, s) for s in sorted({*a.scales, g0})]
     without = [(f"true z_i, no caption, s={g0:g}", (None, None), g0)]
     rows = [real_row(pipe, captions, held["attrs"], x)]
@@ -361,13 +361,6 @@ def decoder_rows(a, pipe, held) -> list:
         rows.append({"row": label} | row | {"z_i cos": F.cosine_similarity(row["_z"], z_i).mean().item(),
                                             "seconds": time.perf_counter() - clock})
     return versus_unguided(rows, "true z_i and the caption, s=1")
-
-
-def caption_tokens(pipe, captions) -> tuple:
-    """(tokens, mask) of the captions with the trailing padding cut, as UnCLIP.generate does."""
-    tokens, mask = pipe.clip.tokenize(captions)
-    length = int(mask.sum(1).max())
-    return tokens[:, :length], mask[:, :length]
 
 
 def decode_true(a, decoder, z_i, text, s) -> torch.Tensor:
@@ -382,7 +375,7 @@ def recipe_rows(a, pipe, held, name: str, folder: Path) -> list:
     decoder.pt) decoding the true z_i of held-out renders with their caption at the run's guidance:
     attribute accuracy against the training seconds spent to reach that step."""
     x, captions = held["images"][32], held["caption"]
-    z_i, text = pipe.clip.encode_image(x), caption_tokens(pipe, captions)
+    z_i, text = pipe.clip.encode_image(x), trim_padding(*pipe.clip.tokenize(captions))
     points = {}
     for path in [*sorted(folder.glob("decoder_*.pt")), folder / "decoder.pt"]:
         ck = torch.load(path, weights_only=True)

@@ -10,11 +10,11 @@
 Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> prior -> decoder -> upsampler 1
 -> upsampler 2; each later stage reads the frozen results of the earlier ones from the run folder. Every
 stage checkpoint is {"config", "state_dict" (EMA weights), "train" (raw weights, optimizer, step, loss
-history, RNG)} written atomically, so `--resume` continues a killed run and a failed run never destroys a
-good checkpoint. The end writes unclip.pt (the one-file pipeline for unclip.py) and report.json /
-report.md with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine; on labelled real data
-class accuracy and FD by a classifier of the training split, on its held-out split). The options, their
-defaults and their checks are in train_config.py.
+history, RNG, training seconds)} written atomically, so `--resume` continues a killed run and a failed
+run never destroys a good checkpoint. The end writes unclip.pt (the one-file pipeline for unclip.py) and
+report.json / report.md with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine; on labelled
+real data class accuracy and FD by a classifier of the training split, on its held-out split). The options,
+their defaults and their checks are in train_config.py.
 """
 
 import contextlib
