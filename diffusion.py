@@ -168,17 +168,17 @@ def autocast_network(module: nn.Module, device, precision: str) -> list:
 def attention(q, k, v, mask=None, causal: bool = False):
     """softmax(q k^T / sqrt(hs) + mask) v for q [B, nh, S, hs], k, v [B, nh, S', hs]; mask bool, True =
     attend, broadcast to [B, nh, S, S'] (or causal), every query seeing a key. F.scaled_dot_product_attention,
-    except under bf16 autocast on a CPU: there torch's fused CPU kernel is 2-4x slower than the plain
-    product at the toy's 5-120 tokens, so it is computed directly, its softmax in fp32 as autocast does."""
+    except under bf16 autocast on a CPU, where the fused kernel is 2-4x slower than the plain product at
+    5-120 tokens; its softmax stays bf16 (the kernel sums in fp32), as an fp32 round trip costs more."""
     if mask is not None and causal:
         raise ValueError("pass a mask or causal=True, not both")
     if not (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-    w = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, nh, S, S'] in bf16
-    if causal:
-        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    w = w.float() if mask is None else w.float().masked_fill(~mask, float("-inf"))
-    return w.softmax(-1).to(v.dtype) @ v
+    w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, nh, S, S'] in bf16
+    mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril() if causal else mask
+    if mask is not None and not mask.all():  # a CPU mask: no device sync; all-True masks nothing
+        w.masked_fill_(~mask, float("-inf"))
+    return w.softmax(-1) @ v
 
 
 class GaussianDiffusion(nn.Module):
