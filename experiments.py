@@ -254,12 +254,11 @@ def exp_holdout(a, pipe, cfg) -> tuple:
 
 
 # decoder recipes: sub-folder -> (label, options over the run's config, share of the run's steps). eps, v
-# and x0 prediction weigh the error in x_0 over t by SNR, 1 + SNR and 1 ([PD] Sec. 4); batch 32 sees as
-# many examples as the run's batch 16 in half the steps
+# and x0 prediction weigh the error in x_0 over t by SNR, 1 + SNR and 1 ([PD] Sec. 4); twice the run's
+# batch for half the steps sees as many examples
 DECODER_RECIPES = {"own": ("the run's recipe", [], 1),
                    "eps": ("eps prediction", ["--decoder.mean_type", "eps"], 1),
-                   "x0": ("x0 prediction", ["--decoder.mean_type", "x0"], 1),
-                   "batch32": ("batch 32, half the steps", ["--opt_decoder.batch", "32"], 0.5)}
+                   "x0": ("x0 prediction", ["--decoder.mean_type", "x0"], 1)}
 
 
 def exp_recipes(a, pipe, cfg) -> tuple:
@@ -267,8 +266,11 @@ def exp_recipes(a, pipe, cfg) -> tuple:
     under the run's config, its EMA weights kept at about six points of its schedule."""
     held, every = shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout), cfg.get("ckpt_every", 500)
     own = a.train_steps or cfg.get("opt_decoder", {}).get("steps", 1)
+    batch = 2 * cfg.get("opt_decoder", {}).get("batch", 16)
+    recipes = {**DECODER_RECIPES,
+               f"batch{batch}": (f"batch {batch}, half the steps", ["--opt_decoder.batch", str(batch)], 0.5)}
     rows, series = [], {}
-    for key, (label, options, share) in DECODER_RECIPES.items():
+    for key, (label, options, share) in recipes.items():
         steps = max(1, round(share * own))
         snapshot = every * max(1, round(steps / 6 / every))
         path = train_extra(a, cfg, f"exp_recipe_{key}", "decoder", [

@@ -97,9 +97,10 @@ class Config:
     # a higher lr and more steps
     opt_ar_prior: Optim = field(default_factory=lambda: Optim(steps=4000, batch=64, lr=3e-3,
                                                               beta2=0.96, weight_decay=6e-2))
-    # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast; 6000 steps:
-    # its misses are shapes (README, "Results"), and the default run stays under 17 min on 2 cores
-    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=6000, batch=16, lr=2e-3, ema=0.995))
+    # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast. Batch 32: a
+    # step of 32 images costs less per image than one of 16 and learns as much per image seen
+    # (EXPERIMENTS.md, "Decoder recipes"); 4000 steps: its misses are few and shapes (README, "Results")
+    opt_decoder: Optim = field(default_factory=lambda: Optim(steps=4000, batch=32, lr=2e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
     # and a short EMA suit a few hundred steps (README, "The upsamplers")
     opt_up1: Optim = field(default_factory=lambda: Optim(steps=300, batch=16, lr=2e-3, ema=0.995))
@@ -128,12 +129,14 @@ class Config:
         return [tuple(p.split()) for p in self.holdout.split(",") if p.strip()]
 
 
-# --quick: every stage end to end in about 2.5 min on a 2-core CPU; colour and background right,
+# --quick: every stage end to end in about 2 min on a 2-core CPU; colour and background right,
 # shape and position not yet (README, "Training"). A CLIP trained for far fewer steps has not yet
-# separated its embeddings, and every later stage then reads the captions at chance.
+# separated its embeddings, and every later stage then reads the captions at chance. Its decoder
+# at batch 16: 300 steps of 32 took 1.7x as long and drew colour worse (75% of 24 captions, not 96%).
 QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
          "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
-         "opt_decoder.steps": 300, "opt_up1.steps": 40, "opt_up2.steps": 30, "sampling.decoder_steps": 25}
+         "opt_decoder.steps": 300, "opt_decoder.batch": 16, "opt_up1.steps": 40, "opt_up2.steps": 30,
+         "sampling.decoder_steps": 25}
 STAGES = ("clip", "prior", "decoder", "up1", "up2")
 RUN_FILES = ("clip.pt", "prior.pt", "ar_prior.pt", "decoder.pt", "up1.pt", "up2.pt", "unclip.pt",
              "report.json")

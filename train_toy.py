@@ -1,7 +1,7 @@
 """Train the whole unCLIP stack on Shapes, then measure how good it is.
 
     python train_toy.py                        # the default run -> runs/toy/ (report.md, *.png)
-    python train_toy.py --quick                # every stage end to end in about 2.5 minutes
+    python train_toy.py --quick                # every stage end to end in about 2 minutes
     python train_toy.py --stages decoder,up1 --resume
     python train_toy.py --decoder.channels 96 --opt_decoder.steps 8000
     python train_toy.py --data fashion_mnist:/usr/share/datasets/fashion-mnist   # or cifar10:, folder:

@@ -156,12 +156,12 @@ def check_recipes(record, run):
     """Each decoder recipe trained anew with snapshots, scored at each: rows in step order,
     training seconds growing; the run's own recipe retrains the run's decoder to the bit."""
     steps = {"the run's recipe": (2, 4), "eps prediction": (2, 4), "x0 prediction": (2, 4),
-             "batch 32, half the steps": (2,)}
+             "batch 8, half the steps": (2,)}  # twice the run's batch 4
     assert [r["row"] for r in record["rows"]] == [f"{k}, step {s}" for k, v in steps.items() for s in v]
     for rows in (record["rows"][0:2], record["rows"][2:4], record["rows"][4:6]):
         assert 0 < rows[0]["train seconds"] < rows[1]["train seconds"]
         assert all(0 <= r["all"] <= 1 and math.isfinite(r["FD_CLIP"]) for r in rows)
-    for key, mean_type, trained in (("own", "v", 4), ("eps", "eps", 4), ("x0", "x0", 4), ("batch32", "v", 2)):
+    for key, mean_type, trained in (("own", "v", 4), ("eps", "eps", 4), ("x0", "x0", 4), ("batch8", "v", 2)):
         ck = torch.load(run / f"exp_recipe_{key}" / "decoder_000002.pt", weights_only=True)
         assert set(ck) == {"config", "state_dict", "step", "seconds"} and ck["step"] == 2
         assert ck["config"]["mean_type"] == mean_type
