@@ -39,7 +39,7 @@ class UNetConfig:
     num_res_blocks: int = 2  # ResBlocks per level going down (one more going up, as in ADM)
     attention_resolutions: tuple[int, ...] = (16, 8)  # not 32x32: 1024 tokens dominate a CPU step
     head_channels: int = 32  # channels per attention head (the paper: 64 at width 512)
-    dropout: float = 0.0  # paper: 0.1; a 10-minute CPU run is far from overfitting, so off
+    dropout: float = 0.0  # paper: 0.1; a CPU run of minutes is far from overfitting, so off
     # Not in ADM: two input channels with each pixel's (x, y) in [-1, 1] ("CoordConv"); a conv net
     # otherwise finds where it is only from the zero padding, and position is learned last.
     coords: bool = False

@@ -291,7 +291,7 @@ def _flag_value(cfg: Config, flag: str):
 def parse_args(argv=None, description: str | None = None) -> tuple[Config, argparse.Namespace]:
     cfg = Config()
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2.5 minutes")
+    p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2 minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the folder's report and the checkpoints of --stages, then train those afresh")
