@@ -427,7 +427,7 @@ def main(argv=None) -> dict:
                 continue
             runs_in, peak = ("fp32" if name == "clip" else precision), report["matmul"]
             print(f"bench: {name} ({runs_in}) ...", file=sys.stderr, flush=True)
-            report["models"].setdefault(precision, {})[name] = bench_model(
+            report["models"].setdefault(runs_in, {})[name] = bench_model(
                 name, device, peak[runs_in]["gflops"] * 1e9, reps, args.quick, precision=runs_in,
                 profile_steps=args.profile_steps)
     print(table(report))

@@ -129,6 +129,13 @@ def test_bf16_column_runs_where_asked(capsys):
     assert "| prior | bf16 |" in capsys.readouterr().out
 
 
+def test_clip_row_is_filed_under_the_precision_it_ran_in():
+    """CLIP trains in fp32 whatever --precision says: its row says so and sits under fp32."""
+    report = bench.main(["--quick", "--only", "clip", "--threads", "1", "--precision", "bf16",
+                         "--profile-steps", "0"])
+    assert report["models"].keys() == {"fp32"} and report["models"]["fp32"]["clip"]["precision"] == "fp32"
+
+
 def test_tiny_decoder_and_upsampler():
     cfg = Config()
     cfg.decoder.channels, cfg.decoder.head_channels, cfg.decoder.text_layers = 8, 8, 1
