@@ -37,6 +37,7 @@ import toy_data
 import unclip
 from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
 from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid, usable_cpus
+from prior import trim_padding
 from toy_data import Shapes, attribute_accuracy, shapes_collate
 from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
@@ -287,7 +288,10 @@ def decoder_stage(run: Run) -> None:
     def batch(step):
         idx = run.rows("decoder", step, oc.batch)
         x = as_float(data.images[cfg.clip.image_resolution][idx], run.device)
-        return x, run.z_bank[idx], *run.clip.tokenize([data.captions[j] for j in idx])
+        # the all-padding columns cut, on the host (no sync): the same loss, as the caption
+        # encoder is causal and attention masks padded keys, for about 6% less time a step
+        text = trim_padding(*run.clip.tokenizer([data.captions[j] for j in idx]))
+        return x, run.z_bank[idx], *(a.to(run.device) for a in text)
     if "decoder" in run.stages:
         with run.timed("decoder"):
             run.seed("decoder")
