@@ -99,8 +99,8 @@ class Config:
                                                               beta2=0.96, weight_decay=6e-2))
     # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast. Batch 32: a
     # step of 32 images costs less per image than one of 16 and learns as much per image seen
-    # (EXPERIMENTS.md, "Decoder recipes"); 3200 steps: 98% of held-out captions drawn right, the
-    # misses shapes (README, "Results")
+    # (EXPERIMENTS.md, "Decoder recipes"); 3200 steps: 97-98% of held-out captions drawn right,
+    # the misses shapes (README, "Results")
     opt_decoder: Optim = field(default_factory=lambda: Optim(steps=3200, batch=32, lr=2e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
     # and a short EMA suit a few hundred steps (README, "The upsamplers")
