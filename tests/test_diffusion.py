@@ -1,20 +1,20 @@
 """diffusion.py checked against closed forms, known values and a trained 2-D toy model.
 
-The samplers and losses are checked with the exact model for Gaussian data (see exact_model),
-whose outputs, sampled moments and losses are known in closed form."""
+The losses and variances are checked with the exact model for Gaussian data (gaussian_exact.py),
+whose outputs and losses are known in closed form; the samplers are test_samplers.py's."""
 
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from gaussian_exact import AB, column, exact_model, gaussian_kl, jump, seeded
 
 import diffusion
 from diffusion import (
     GaussianDiffusion,
     cosine_betas,
     discretized_gaussian_log_likelihood,
-    guide,
     linear_betas,
     normal_kl,
 )
@@ -132,79 +132,14 @@ def test_each_parameterisation_recovers_x0_and_zero_loss(mean_type):
     assert wrong["mse"].min().item() > 0.01
 
 
-# ---------------------------------------------------------------- an exact model for Gaussian data
-# For data x_0 ~ N(MU, S²) per coordinate, x_t = a x_0 + b ε (a = √ᾱ_t, b = √(1 − ᾱ_t)) is
-# Gaussian with variance V = a²S² + b², and Gaussian conditioning gives the best possible net:
-#     E[x_0 | x_t] = MU + a S² (x_t − a MU) / V,   E[ε | x_t] = b (x_t − a MU) / V,
-#     Var[x_0 | x_t] = S² b² / V,                  E[v | x_t] = a E[ε | x_t] − b E[x_0 | x_t].
-# Everything below is computed in float64 from the schedule alone, never from the module's buffers.
-MU, S = 0.3, 0.5
-AB = torch.cumprod(1 - cosine_betas(1000), 0)  # ᾱ_t of the 1000-step cosine schedule
-
-
-def _col(values, x):
-    return values.reshape(-1, *([1] * (x.dim() - 1)))
-
-
-def _step(t_prev, t):
-    """β, β̃ and the posterior coefficient of x_0 for the step from original timestep t to t_prev
-    (t_prev = −1: x_0), from ᾱ alone: [DDPM] Eqs. 6-7 for a chain that jumps t -> t_prev."""
-    ab, ab_prev = AB[t], torch.where(t_prev >= 0, AB[t_prev.clamp(min=0)], torch.ones_like(AB[t]))
-    beta = 1 - ab / ab_prev
-    return beta, beta * (1 - ab_prev) / (1 - ab), beta * ab_prev.sqrt() / (1 - ab)
-
-
-def exact_model(mean_type="eps", mu=MU, s=S, learned_in=None):
-    """The exact net for N(mu, s²) data, called as the samplers call a net (original timesteps).
-    learned_in: a learned_range diffusion; the net then also outputs the v of [IDDPM] Eq. 15 that
-    makes Σ the true reverse variance β̃ + c_x0² Var[x_0 | x_t] (law of total variance over
-    q(x_0 | x_t)), so every reverse step is exactly q(x_{t−1} | x_t)."""
-    def model(x_t, t):
-        ab = _col(AB[t], x_t)
-        a, b = ab.sqrt(), (1 - ab).sqrt()
-        V = ab * s**2 + 1 - ab
-        y = x_t.double() - a * mu
-        x0, eps = mu + a * s**2 * y / V, b * y / V
-        out = {"eps": eps, "x0": x0, "v": a * eps - b * x0}[mean_type]
-        if learned_in is not None:
-            kept = learned_in.timestep_map
-            k = torch.searchsorted(kept, t)
-            beta, post, c0 = (_col(q, x_t) for q in _step(torch.where(k > 0, kept[k - 1], -1), t))
-            true_var = post + c0**2 * s**2 * b**2 / V
-            v = 2 * (true_var / post).log() / (beta / post).log() - 1
-            # the true reverse variance lies between β̃_t and β_t [DDPM] Sec. 3.2 (0 < s < 1);
-            # at index 0 (no noise is added there) any v will do
-            v = torch.where(_col(k, x_t) > 0, v, torch.zeros_like(v)).expand_as(x_t)
-            assert ((v > -1) & (v < 1)).all()
-            out = torch.cat([out, v], dim=1)
-        return out.float()
-    return model
-
-
-def seeded(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def assert_moments(x, mean, std, n_se=4.0):
-    """Sample mean and std of x equal mean and std within n_se standard errors."""
-    n = x.numel()
-    assert abs(x.mean().item() - mean) < n_se * std / math.sqrt(n), x.mean().item()
-    assert abs(x.std().item() / std - 1) < n_se / math.sqrt(2 * n), x.std().item()
-
-
-def gaussian_kl(m1, var1, m2, var2):
-    """KL(N(m1, var1) ‖ N(m2, var2)) in nats."""
-    return 0.5 * ((var2 / var1).log() + var1 / var2 + (m1 - m2) ** 2 / var2 - 1)
-
-
 @pytest.mark.parametrize("var_type", diffusion.VAR_TYPES)
 def test_variance_tables(var_type):
     # [DDPM] Sec. 3.2: σ² = β̃_t or β_t, with β̃_1 at t = 0 where β̃_0 = 0 [IDDPM] Sec. 3.1;
     # [IDDPM] Eq. 15 at v = −1, 0, 1: β̃_t, √(β_t β̃_t), β_t
     d = GaussianDiffusion(cosine_betas(1000), var_type=var_type)
     t = torch.tensor([0, 1, 2, 500, 999])
-    beta, post, _ = _step(t - 1, t)
-    post = torch.where(t == 0, _step(torch.tensor(0), torch.tensor(1))[1], post)
+    beta, post, _ = jump(t - 1, t)
+    post = torch.where(t == 0, jump(torch.tensor(0), torch.tensor(1))[1], post)
     x_t = torch.zeros(5, 2)
     for v in (-1.0, 0.0, 1.0):
         out = torch.zeros(5, 4 if var_type == "learned_range" else 2)
@@ -243,29 +178,29 @@ def test_vb_term_is_the_kl_and_the_discretized_nll(mean_type, var_type):
     x_0[0, 0, 0] = -1.0  # both edge bins
     x_0[0, 0, 1] = 1.0
     eps = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
-    a, b = _col(AB[t].sqrt(), x_0), _col((1 - AB[t]).sqrt(), x_0)
+    a, b = column(AB[t].sqrt(), x_0), column((1 - AB[t]).sqrt(), x_0)
     x_t = a * x_0 + b * eps
-    beta, post, c0 = (_col(q, x_0) for q in _step(t - 1, t))
+    beta, post, c0 = (column(q, x_0) for q in jump(t - 1, t))
     # the net's x̂_0 is off by a known amount (about half a posterior std in μ̃, a fraction of a
     # bin at t = 0); its output is that x̂_0 in the mean_type's terms
-    err = torch.where(_col(t, x_0) == 0, 0.004, 0.5 * post.sqrt() / c0)
+    err = torch.where(column(t, x_0) == 0, 0.004, 0.5 * post.sqrt() / c0)
     x0_hat = x_0 + err * torch.randn(x_0.shape, generator=g, dtype=torch.float64)
     eps_hat = (x_t - a * x0_hat) / b
     out = {"eps": eps_hat, "x0": x0_hat, "v": a * eps_hat - b * x0_hat}[mean_type]
-    post1 = _step(torch.tensor(0), torch.tensor(1))[1]  # β̃_1, used for t = 0
+    post1 = jump(torch.tensor(0), torch.tensor(1))[1]  # β̃_1, used for t = 0
     if var_type == "learned_range":
         v = torch.rand(x_0.shape, generator=g, dtype=torch.float64) * 2 - 1
         out = torch.cat([out, v], dim=1)
-        low = torch.where(_col(t, x_0) == 0, post1, post)
+        low = torch.where(column(t, x_0) == 0, post1, post)
         var = (beta.log() * (1 + v) / 2 + low.log() * (1 - v) / 2).exp()
     elif var_type == "fixed_small":
-        var = torch.where(_col(t, x_0) == 0, post1, post)
+        var = torch.where(column(t, x_0) == 0, post1, post)
     else:
-        var = torch.where(_col(t, x_0) == 0, post1, beta)
+        var = torch.where(column(t, x_0) == 0, post1, beta)
     vb = d.vb_term(out.float(), x_0.float(), x_t.float(), t)
 
     # t > 0: both q(x_{t−1} | x_t, x_0) and p_θ by Bayes' rule as precision-weighted means
-    ab_prev, alpha = _col(AB[(t - 1).clamp(min=0)], x_0), 1 - beta
+    ab_prev, alpha = column(AB[(t - 1).clamp(min=0)], x_0), 1 - beta
     def posterior_mean(x0):
         return post * (ab_prev.sqrt() * x0 / (1 - ab_prev) + alpha.sqrt() * x_t / beta)
     kl = gaussian_kl(posterior_mean(x_0), post, posterior_mean(x0_hat), var).flatten(1).mean(1)
@@ -325,7 +260,7 @@ def test_learned_variance_gradient_past_the_range_points_back(t_index):
     # mean off by δ, KL(q ‖ p) is minimal at Σ = β̃_t + δ²; δ is chosen so that is √(β_t β̃_t): v* = 0
     d = GaussianDiffusion(cosine_betas(1000), mean_type="x0", var_type="learned_range")
     t = torch.full((1,), t_index)
-    beta, post, c0 = _step(t - 1, t)
+    beta, post, c0 = jump(t - 1, t)
     delta = ((beta * post).sqrt() - post).sqrt()
     x_0 = torch.linspace(-0.5, 0.5, 8)[None]
 
@@ -337,136 +272,6 @@ def test_learned_variance_gradient_past_the_range_points_back(t_index):
     grads = [vb_grad(v0) for v0 in (-3.0, -1.5, -1.2, -0.5, 0.0, 0.5, 1.2, 1.5, 3.0)]
     assert all(gr < 0 for gr in grads[:4]) and all(gr > 0 for gr in grads[5:])
     assert abs(grads[4]) < 1e-3 * min(abs(gr) for gr in grads[3:6:2])  # zero at v* = 0
-
-
-# ---------------------------------------------------------------- samplers on Gaussian data
-N = 100_000
-
-
-@pytest.mark.parametrize("mean_type", diffusion.MEAN_TYPES)
-def test_ancestral_with_the_true_reverse_variance_samples_the_data(mean_type):
-    # every step is exactly q(x_{t−1} | x_t), so even 10 respaced steps give N(MU, S²) [IDDPM] Sec. 4
-    d = GaussianDiffusion(cosine_betas(1000), mean_type=mean_type).respace(10)
-    x = d.sample(exact_model(mean_type, learned_in=d), (N, 1), generator=seeded(0), clip="none")
-    assert_moments(x, MU, S)
-
-
-def test_ancestral_fixed_variances_bracket_the_data_spread():
-    # β̃_t and β_t are the lower and upper bounds of the reverse variance [DDPM] Sec. 3.2: with 10
-    # steps the spread falls short with β̃_t (exactly: see the DDIM η = 1 tests) and overshoots with β_t
-    model = exact_model("eps")
-    spread = {}
-    for var_type in ("fixed_small", "fixed_large"):
-        d = GaussianDiffusion(cosine_betas(1000), var_type=var_type).respace(10)
-        x = d.sample(model, (N, 1), generator=seeded(1), clip="none")
-        assert abs(x.mean().item() - MU) < 4 * S / math.sqrt(N)
-        spread[var_type] = x.std().item() / S
-    assert 0.7 < spread["fixed_small"] < 0.8 and 1.05 < spread["fixed_large"] < 1.15
-
-
-def ddim_gaussian_std(d, eta):
-    """Output std of DDIM [DDIM] Eq. 12 on N(MU, S²) data from x_T ~ N(0, 1): with the exact x̂_0
-    and ε̂ each step is y_{t−1} = k y_t + σ z on y_t = x_t − √ᾱ_t MU, k = (√ᾱ_{t−1}√ᾱ_t S² +
-    √(1 − ᾱ_{t−1} − σ²)√(1 − ᾱ_t)) / V_t, σ² = η² β̃_t (Eq. 16). Returns (Π k, std)."""
-    prod, var = 1.0, 1.0
-    kept = d.timestep_map
-    for k in reversed(range(len(kept))):
-        t, t_prev = kept[k], kept[k - 1] if k else torch.tensor(-1)
-        ab, ab_prev = AB[t], AB[t_prev] if k else torch.tensor(1.0, dtype=torch.float64)
-        sigma2 = eta**2 * _step(t_prev, t)[1]
-        step = (ab_prev.sqrt() * ab.sqrt() * S**2 + (1 - ab_prev - sigma2).sqrt() * (1 - ab).sqrt())
-        step = step / (ab * S**2 + 1 - ab)
-        prod, var = prod * step, step**2 * var + sigma2
-    return prod.item(), var.sqrt().item()
-
-
-def test_ddim_eta0_is_deterministic_and_follows_the_probability_flow():
-    base = GaussianDiffusion(cosine_betas(1000), var_type="fixed_small")
-    noise = torch.randn(2000, 1, generator=seeded(0))
-    aT = AB[-1].sqrt().item()
-    for steps in (10, 250):
-        d = base.respace(steps)
-        x = d.sample(exact_model(), noise.shape, eta=0.0, noise=noise, clip="none", generator=seeded(1))
-        again = d.sample(exact_model(), noise.shape, eta=0.0, noise=noise, clip="none",
-                         generator=seeded(2))
-        assert torch.equal(x, again)  # η = 0 draws no noise
-        slope = ddim_gaussian_std(d, 0.0)[0]
-        # float32: x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t at t = T−1 divides rounding errors by 5·10⁻⁵
-        assert torch.allclose(x, MU + slope * (noise - aT * MU), atol=1e-3)
-    # the probability-flow ODE keeps (x_t − √ᾱ_t MU)/√V_t constant [DDIM] Sec. 4.3, so x_T maps to
-    # MU + S (x_T − √ᾱ_T MU)/√V_T; 250 DDIM steps are within 1% of that slope
-    V_T = AB[-1].item() * S**2 + 1 - AB[-1].item()
-    assert slope == pytest.approx(S / math.sqrt(V_T), rel=1e-2)
-
-
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_ddim_eta_spread_matches_closed_form(eta):
-    d = GaussianDiffusion(cosine_betas(1000), var_type="fixed_small").respace(10)
-    x = d.sample(exact_model(), (N, 1), eta=eta, generator=seeded(3), clip="none")
-    assert_moments(x, MU, ddim_gaussian_std(d, eta)[1])
-
-
-def test_ddim_eta1_is_ancestral_sampling_with_posterior_variance():
-    # [DDIM] Eq. 16: η = 1 makes σ_t² = β̃_t, and Eq. 12's mean is then μ̃_t(x_t, x̂_0): the same
-    # step as [DDPM] Algorithm 2 with β̃_t, so with the same draws both take the same path
-    d = GaussianDiffusion(cosine_betas(1000), var_type="fixed_small").respace(10)
-    noise = torch.randn(5000, 1, generator=seeded(4))
-    ddim = d.sample(exact_model(), noise.shape, eta=1.0, noise=noise, generator=seeded(5), clip="none")
-    ddpm = d.sample(exact_model(), noise.shape, noise=noise, generator=seeded(5), clip="none")
-    assert torch.allclose(ddim, ddpm, atol=2e-4)
-    assert ddim.std().item() < 0.9 * S  # and the noise really is drawn (η = 0 gives 0.84 S)
-
-
-def ddim_invert_affine(d):
-    """ddim_invert on N(MU, S²) data in closed form: each step x_new = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂
-    with ε̂ = E[ε | x_t = x] and x̂_0 = (x − √(1 − ᾱ_{t−1}) ε̂)/√ᾱ_{t−1} is affine in x.
-    Returns (slope, intercept) of x_T as a function of x_0."""
-    slope, intercept = 1.0, 0.0
-    kept = d.timestep_map
-    for k in range(len(kept)):
-        ab, ab_prev = AB[kept[k]], AB[kept[k - 1]] if k else torch.tensor(1.0, dtype=torch.float64)
-        e1 = (1 - ab).sqrt() / (ab * S**2 + 1 - ab)  # ε̂ = e1 (x − √ᾱ_t MU)
-        g = ab.sqrt() * (1 - (1 - ab_prev).sqrt() * e1) / ab_prev.sqrt() + (1 - ab).sqrt() * e1
-        c = -(ab.sqrt() * -(1 - ab_prev).sqrt() / ab_prev.sqrt() + (1 - ab).sqrt()) * e1 * ab.sqrt() * MU
-        slope, intercept = g * slope, g * intercept + c
-    return slope.item(), intercept.item()
-
-
-def test_ddim_inversion_round_trip():
-    d = GaussianDiffusion(cosine_betas(1000), var_type="fixed_small").respace(250)
-    x_0 = MU + S * torch.randn(2000, 1, generator=seeded(6))
-    x_T = d.ddim_invert(exact_model(), x_0)
-    slope, intercept = ddim_invert_affine(d)
-    assert torch.allclose(x_T, slope * x_0 + intercept, atol=1e-3)
-    # the ODE run forwards standardises the data [DDIM] Sec. 4.3: x_T ≈ (x_0 − MU)/S
-    assert torch.allclose(x_T, (x_0 - MU) / S, atol=0.03)
-    back = d.sample(exact_model(), x_0.shape, eta=0.0, noise=x_T, clip="none")
-    assert (back - x_0).abs().max().item() < 3e-2  # both directions err O(1/steps), oppositely
-
-
-def test_guided_sampling_guides_the_mean_only():
-    # [CFG] Eq. 6 is linear in the mean, so guiding the exact nets of N(mu_c, S²) and N(mu_u, S²)
-    # with scale w gives the exact net of N(mu_u + w (mu_c − mu_u), S²); the unconditional
-    # variance output here is wrong on purpose: only the conditional one may be used
-    d = GaussianDiffusion(cosine_betas(1000), var_type="learned_range").respace(10)
-    cond, uncond = exact_model(mu=0.4, learned_in=d), exact_model(mu=0.1, learned_in=d)
-
-    def guided(x_t, t):
-        u = uncond(x_t, t)
-        u[:, 1:] = -1.0
-        return guide(cond(x_t, t), u, 2.0, learned_var=True)
-    x = d.sample(guided, (N, 1), generator=seeded(7), clip="none")
-    assert_moments(x, 0.1 + 2 * (0.4 - 0.1), S)
-
-
-def test_guidance_scales():
-    g = torch.Generator().manual_seed(2)
-    c, u = torch.randn(2, 6, 4, 4, generator=g), torch.randn(2, 6, 4, 4, generator=g)
-    assert torch.allclose(guide(c, u, 1.0, learned_var=True), c)
-    assert torch.allclose(guide(c, u, 0.0, learned_var=False), u)
-    out = guide(c, u, 3.0, learned_var=True)
-    assert torch.allclose(out[:, :3], u[:, :3] + 3 * (c[:, :3] - u[:, :3]))
-    assert torch.equal(out[:, 3:], c[:, 3:])  # conditional variance kept
 
 
 def test_hybrid_loss_stops_gradient_and_stays_finite():
