@@ -13,9 +13,8 @@ Symbols (names in the code -> paper)
     out       channels [:C] predict eps ([GLIDE], [unCLIP]), x_0 or v (cfg.mean_type); channels [C:]
               are the variance interpolation v in [-1, 1] of [IDDPM] Eq. 15 (when cfg.learn_sigma)
 
-ADM is the U-Net of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs"), which [GLIDE] and
-[unCLIP] build on. With clip_dim=0, text_layers=0 and attention_resolutions=() it is the conv-only
-network of the upsamplers (upsample.py), whose in_channels differ from out_channels.
+ADM is [ADM]'s U-Net, which [GLIDE] and [unCLIP] build on. With clip_dim=0, text_layers=0 and
+attention_resolutions=() it is the upsamplers' conv-only network (upsample.py; in_channels != out_channels).
 """
 
 import math
@@ -48,6 +47,8 @@ class UNetConfig:
     # Not in [GLIDE]: z_i also projected to a map at the lowest resolution, added at the middle block
     # (as a DCGAN starts from its latent); without it a small net learns z_i -> layout slowly
     clip_map: bool = False
+    # with clip_map, z_i maps also where the down path enters these sizes (EXPERIMENTS.md, "Decoder recipes")
+    map_resolutions: tuple[int, ...] = ()
     text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
     text_width: int = 64  # width of caption states and of every context token
     text_heads: int = 4  # attention heads in the caption Transformer
@@ -56,8 +57,11 @@ class UNetConfig:
 
     def __post_init__(self):
         # a checkpoint or a command line hands tuples back as lists
-        self.channel_mults = tuple(self.channel_mults)
-        self.attention_resolutions = tuple(self.attention_resolutions)
+        self.channel_mults, self.attention_resolutions, self.map_resolutions = (
+            tuple(a) for a in (self.channel_mults, self.attention_resolutions, self.map_resolutions))
+        lower = {self.image_size >> k for k in range(1, len(self.channel_mults))}
+        if self.map_resolutions and not (self.clip_map and set(self.map_resolutions) <= lower):
+            raise ValueError(f"map_resolutions needs clip_map and sizes among {sorted(lower)}")
         if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
             raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
         if self.clip_map and not self.clip_dim:
@@ -167,8 +171,7 @@ class TextBlock(nn.Module):
         B, L, W = x.shape
         q, k, v = (a.reshape(B, L, self.heads, -1).transpose(1, 2)
                    for a in self.qkv(self.ln_1(x)).chunk(3, dim=-1))  # each [B, nh, L, hs]
-        # Causal: padding sits after the end token, so real tokens never see it and no row of
-        # the mask is empty (a key-padding mask would give NaN rows for an all-padding caption).
+        # Causal: real tokens never see the padding after the end token, and no mask row is empty
         h = attention(q, k, v, causal=True)
         x = x + self.proj(h.transpose(1, 2).reshape(B, L, W))
         return x + self.mlp(self.ln_2(x))
@@ -257,6 +260,9 @@ class UNet(nn.Module):
         self.middle = nn.ModuleList(layer(ch, ch, res) + [ResBlock(ch, ch, E, cfg.dropout)])
         if cfg.clip_map:  # z_i -> [ch, res, res], zero-initialised: the net starts without it
             self.image_to_map = zero_init(nn.Linear(cfg.clip_dim, ch * res * res))
+            self.entry_maps = nn.ModuleDict({  # level k is entered at image_size / 2^k, level k-1's width
+                str(r): zero_init(nn.Linear(cfg.clip_dim, C * cfg.channel_mults[k - 1] * r * r))
+                for k in range(1, levels) if (r := cfg.image_size >> k) in cfg.map_resolutions})
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
             for i in range(cfg.num_res_blocks + 1):  # each consumes one skip connection
@@ -294,8 +300,7 @@ class UNet(nn.Module):
                 z_i, keep = null, ~ones
             elif z_i.shape != (B, cfg.clip_dim):
                 raise ValueError(f"z_i must be [B, {cfg.clip_dim}], got {tuple(z_i.shape)}")
-            # unit-norm z_i has entries of about 1/√D: scaled by √D the projections start at the
-            # same size as the timestep embedding instead of √D times smaller (as the prior does)
+            # z_i's entries are ~1/√D: times √D, its projections start at the timestep embedding's size
             z = torch.where(keep[:, None], z_i, null) * cfg.clip_dim**0.5  # [B, D]
             emb = emb + self.image_to_emb(z)
             context.append(self.image_to_tokens(z).reshape(B, cfg.clip_tokens, cfg.text_width))
@@ -311,8 +316,7 @@ class UNet(nn.Module):
         if x_t.dim() != 4 or x_t.shape[1] != cfg.in_channels:
             raise ValueError(f"x_t must be [B, {cfg.in_channels}, H, W], got {tuple(x_t.shape)}")
         if x_t.shape[2] % self.factor or x_t.shape[3] % self.factor:
-            raise ValueError(f"H and W must be multiples of {self.factor} for "
-                             f"{len(cfg.channel_mults)} levels, got {tuple(x_t.shape[2:])}")
+            raise ValueError(f"H and W must be multiples of {self.factor}, got {tuple(x_t.shape[2:])}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be int64 [B={x_t.shape[0]}], got {tuple(t.shape)}")
         if cfg.clip_map and tuple(x_t.shape[2:]) != (cfg.image_size,) * 2:
@@ -320,13 +324,8 @@ class UNet(nn.Module):
         emb, context, context_mask, z = self.condition(t, z_i, tokens, mask, keep_image, keep_text)
 
         def run(mods, h):
-            for m in mods:
-                if isinstance(m, ResBlock):
-                    h = m(h, emb)
-                elif isinstance(m, AttentionBlock):
-                    h = m(h, context, context_mask)
-                else:
-                    h = m(h)
+            for m in mods:  # a ResBlock also reads emb, an AttentionBlock the context
+                h = m(h, *{ResBlock: (emb,), AttentionBlock: (context, context_mask)}.get(type(m), ()))
             return h
 
         if cfg.coords:  # [B, in + 2, H, W]
@@ -336,8 +335,11 @@ class UNet(nn.Module):
             x_t = torch.cat([x_t, torch.stack([xs, ys]).to(x_t.dtype).expand(B, -1, -1, -1)], dim=1)
         h = self.input_conv(x_t)  # [B, C, H, W]
         hs = [h]
+        maps = self.entry_maps if cfg.clip_map else {}
         for mods in self.down:
-            h = run(mods, h)
+            size, h = h.shape[-1], run(mods, h)
+            if h.shape[-1] != size and str(h.shape[-1]) in maps:  # a lower level entered: its z_i map
+                h = h + maps[str(h.shape[-1])](z).view(h.shape)
             hs.append(h)
         h = h + self.image_to_map(z).view(h.shape) if cfg.clip_map else h  # z_i's map (clip_map)
         h = run(self.middle, h)  # [B, ch, H/factor, W/factor]
@@ -438,13 +440,11 @@ class Decoder(nn.Module):
             raise ValueError(f"{path} is not a decoder checkpoint (no config/state_dict)")
         unknown = sorted(set(ckpt["config"]) - {f.name for f in fields(DecoderConfig)})
         if unknown:
-            raise ValueError(f"{path}: config fields {unknown} are not DecoderConfig fields; is it a "
-                             "checkpoint of another model?")
+            raise ValueError(f"{path}: config fields {unknown} are not DecoderConfig's (another model's?)")
         model = cls(DecoderConfig(**ckpt["config"]))
         try:
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as e:
-            raise ValueError(f"{path}: the state_dict does not fit the DecoderConfig stored with "
-                             f"it (a checkpoint of another config?): {e}") from e
+            raise ValueError(f"{path}: its state_dict does not fit its DecoderConfig: {e}") from e
         # the parameters are built on the CPU; follow map_location when it names a device
         return model.to(map_location) if isinstance(map_location, str | torch.device) else model
