@@ -59,9 +59,9 @@ class UNetConfig:
         # a checkpoint or a command line hands tuples back as lists
         self.channel_mults, self.attention_resolutions, self.map_resolutions = (
             tuple(a) for a in (self.channel_mults, self.attention_resolutions, self.map_resolutions))
-        lower = {self.image_size >> k for k in range(1, len(self.channel_mults))}
-        if self.map_resolutions and not (self.clip_map and set(self.map_resolutions) <= lower):
-            raise ValueError(f"map_resolutions needs clip_map and sizes among {sorted(lower)}")
+        low = {self.image_size >> k for k in range(1, len(self.channel_mults))}
+        if self.map_resolutions and not (self.clip_map and set(self.map_resolutions) <= low):
+            raise ValueError(f"map_resolutions {self.map_resolutions} needs clip_map, sizes in {sorted(low)}")
         if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
             raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
         if self.clip_map and not self.clip_dim:
@@ -90,9 +90,9 @@ class DecoderConfig(UNetConfig):
 def toy_config(**fields) -> DecoderConfig:
     """DecoderConfig() is [GLIDE]/[unCLIP]'s decoder at toy width; train_toy.py trains this preset, whose
     departures make background, position and shape learnable in CPU-minutes: v prediction [PD], coordinate
-    channels, the z_i map, one ResBlock a level, attention at 8x8 only (README, "The decoder")."""
+    channels, z_i maps at 8x8 and 16x16, one ResBlock a level, attention at 8x8 (README, "The decoder")."""
     return DecoderConfig(**dict(num_res_blocks=1, mean_type="v", coords=True, clip_map=True,
-                                attention_resolutions=(8,)) | fields)
+                                map_resolutions=(16,), attention_resolutions=(8,)) | fields)
 
 
 def group_norm(ch: int) -> nn.GroupNorm:

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -39,7 +39,7 @@ from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
 from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid, usable_cpus
 from prior import trim_padding
 from toy_data import Shapes, attribute_accuracy, shapes_collate
-from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
+from train_config import STAGES, Config, Optim, link, new_model, option_text, parse_args, prepare
 
 
 # ----------------------------------------------------------------------------- data
@@ -122,6 +122,16 @@ def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int,
     """Weights, optimizer, step, loss history, training seconds and this process's RNG state from a stage
     checkpoint; a file without training state (a copied clip.pt) counts as finished."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
+    # a stage trained under other options (or older defaults) is named, not loaded into the wrong shapes
+    config = model.config if path.stem == "clip" else model.cfg  # a field older code lacked: its default
+    saved = type(config)(**{k: v for k, v in ck["config"].items() if k in {f.name for f in fields(config)}})
+    saved, wanted = (json.loads(json.dumps(asdict(c))) for c in (saved, config))
+    if saved != wanted:
+        shown = [(k, option_text(saved[k]) or '""', option_text(v) or '""') for k, v in wanted.items()
+                 if saved[k] != v]
+        other = ", ".join(f"--{path.stem}.{k} {a} (now {b})" for k, a, b in shown)
+        raise SystemExit(f"{path} was trained with {other}: pass those options to resume it, "
+                         f"--overwrite to train the stages afresh, or --out for another folder")
     ema.load_state_dict(ck["state_dict"])
     if "train" not in ck:
         return steps, [], 0.0

@@ -286,6 +286,12 @@ def test_config_args_rebuild_the_saved_config():
     rebuilt, _ = train_toy.parse_args(train_config.config_args(saved))
     assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
     assert dataclasses.asdict(rebuilt) != dataclasses.asdict(train_config.Config())
+    # a run saved before a field existed rebuilds with the field's class default, what older code did,
+    # not with a preset that sets it since (the decoder's toy_config: the 16x16 z_i map)
+    del saved["decoder"]["map_resolutions"]
+    older, _ = train_toy.parse_args(train_config.config_args(saved))
+    assert train_config.Config().decoder.map_resolutions == (16,) and older.decoder.map_resolutions == ()
+    assert older.opt_prior.lr == 1e-5  # the rest as saved
 
 
 def two_object_renders(n=12, seed=0, edit=lambda a, b: (a, b)):

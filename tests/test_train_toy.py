@@ -149,6 +149,7 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("up2.high_res", "96", "--up2.high_res: sizes (32, 64, 96) must be powers of two"),
     ("clip.vision_patch_size", "5", "--clip.* do not fit: image_resolution 32 is not a multiple of"),
     ("decoder.channel_mults", "1,1,1,1,1,1,1", "--decoder.channel_mults 1,1,1,1,1,1,1: its 32x32 images"),
+    ("decoder.clip_map", "false", "--decoder.* do not fit: map_resolutions (16,) needs clip_map"),
     ("prior.heads", "3", "--prior.* do not fit: width 32 must be even and divisible by heads 3"),
     ("snapshot_every", "3", "--snapshot_every 3: must be a multiple of --ckpt_every 2"),
 ])
@@ -162,7 +163,8 @@ def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monke
 
 
 def test_the_defaults_and_quick_pass_the_checks():
-    for argv in ([], ["--quick"], ["--prior_kind", "ar"]):
+    no_maps = ["--decoder.clip_map", "false", "--decoder.map_resolutions", ""]  # as README says
+    for argv in ([], ["--quick"], ["--prior_kind", "ar"], no_maps):
         cfg, _ = train_config.parse_args(argv)
         train_config.check_config(cfg, list(train_config.STAGES), world=1)
 
@@ -198,6 +200,21 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(finished_
     for a, b in ((resumed["state_dict"], uninterrupted["state_dict"]),
                  (resumed["train"]["model"], uninterrupted["train"]["model"])):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_stage_under_other_options_is_refused_and_keeps_its_checkpoint(finished_run, tmp_path):
+    done, _ = finished_run
+    for name in ("clip.pt", "decoder.pt"):
+        shutil.copy(done / name, tmp_path / name)
+    before = (tmp_path / "decoder.pt").read_bytes()
+    args = TINY + ["--out", str(tmp_path), "--stages", "decoder", "--resume", "--decoder.channels", "16",
+                   "--decoder.map_resolutions", ""]
+    # each differing field as the command line would write it back
+    refused = re.escape('decoder.pt was trained with --decoder.channels 8 (now 16), '
+                        '--decoder.map_resolutions 16 (now "")')
+    with pytest.raises(SystemExit, match=refused):
+        train_toy.main(args)
+    assert (tmp_path / "decoder.pt").read_bytes() == before
 
 
 def test_clip_trains_with_its_own_adamw_settings_and_a_schedule_to_zero(finished_run):
