@@ -318,13 +318,12 @@ def config_args(saved: dict) -> list:
             section = section.get(part) if isinstance(section, dict) else None
         if not isinstance(section, dict):
             continue
-        # a field newer than the run: its class default, which is what older code did (a section's
-        # preset, e.g. the decoder's toy_config, may since have set it otherwise)
         if key in section:
             value = section[key]
-        else:  # None: a top-level field newer than the run keeps train_toy's default
-            value = None if not path else f.default if f.default is not MISSING else (
-                None if f.default_factory is MISSING else f.default_factory())
+        elif path and f.default is not MISSING:  # a field newer than the run: its class default, what
+            value = f.default  # older code did (a preset, e.g. decoder.toy_config, may since set it)
+        else:  # a top-level field newer than the run keeps train_toy's default
+            continue
         if value is not None:
             args += [f"--{dotted}", option_text(value)]
     return args
