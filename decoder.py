@@ -80,24 +80,24 @@ class DecoderConfig(UNetConfig):
     # [IDDPM] learned-range variance (out_channels = 2 C, hybrid loss); False = fixed beta~_t
     # variance and the plain eps MSE of [DDPM] (out_channels = C), for the ablation
     learn_sigma: bool = True
-    # What the net predicts: "eps" as in [GLIDE]/[unCLIP], "x0", or "v" [PD]. Counted as x_0 errors, the
-    # eps MSE weighs them by SNR(t): next to nothing at the high noise levels where layout and colour are
-    # decided. The x0 MSE weighs all levels alike, and so little the low noise levels that draw edges;
-    # v (weight 1 + SNR) keeps both. train_toy.py uses v (README, "The decoder").
+    # What the net predicts: "eps" ([GLIDE], [unCLIP]), "x0" or "v" [PD]. Counted as x_0 errors, the eps MSE
+    # weighs step t by SNR(t), next to nothing where layout and colour are decided; the x0 MSE by 1, too
+    # little for the low-noise steps that draw edges; v by 1 + SNR keeps both (README, "The decoder").
     mean_type: str = "eps"
 
 
 def toy_config(**fields) -> DecoderConfig:
     """DecoderConfig() is [GLIDE]/[unCLIP]'s decoder at toy width; train_toy.py trains this preset, whose
     departures make background, position and shape learnable in CPU-minutes: v prediction [PD], coordinate
-    channels, z_i maps at 8x8 and 16x16, one ResBlock a level, attention at 8x8 (README, "The decoder")."""
-    return DecoderConfig(**dict(num_res_blocks=1, mean_type="v", coords=True, clip_map=True,
-                                map_resolutions=(16,), attention_resolutions=(8,)) | fields)
+    channels, z_i maps at 8x8 and 16x16, one ResBlock a level, attention at 8x8, and 16 channels at 32x32, 64
+    below (README, "The decoder")."""
+    toy = dict(mean_type="v", coords=True, clip_map=True, map_resolutions=(16,), num_res_blocks=1,
+               attention_resolutions=(8,), channels=16, channel_mults=(1, 4, 4))
+    return DecoderConfig(**toy | fields)
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
-    # ADM uses 32 groups; gcd keeps tiny test widths legal.
-    return nn.GroupNorm(math.gcd(32, ch), ch)
+    return nn.GroupNorm(math.gcd(32, ch), ch)  # ADM's 32 groups; gcd keeps tiny test widths legal
 
 
 def zero_init(module: nn.Module) -> nn.Module:

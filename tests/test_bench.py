@@ -139,6 +139,7 @@ def test_clip_row_is_filed_under_the_precision_it_ran_in():
 def test_tiny_decoder_and_upsampler():
     cfg = Config()
     cfg.decoder.channels, cfg.decoder.head_channels, cfg.decoder.text_layers = 8, 8, 1
+    cfg.decoder.channel_mults = (1, 2, 2)
     cfg.opt_decoder.batch = 2
     cfg.up1.channels, cfg.opt_up1.batch = 8, 2
     cpu = torch.device("cpu")

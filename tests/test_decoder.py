@@ -330,5 +330,5 @@ def test_paper_decoder_and_toy_preset():
             paper.coords, paper.clip_map, paper.clip_tokens) == ("eps", True, 2, (16, 8), False, False, 4)
     changed = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(toy, f.name)}
     assert changed == {"mean_type", "coords", "clip_map", "map_resolutions", "num_res_blocks",
-                       "attention_resolutions"}
+                       "attention_resolutions", "channels", "channel_mults"}
     assert toy_config(channels=16).channels == 16 and toy_config(mean_type="eps").mean_type == "eps"

@@ -28,8 +28,8 @@ TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
         "--clip.vision_width 32 --clip.vision_layers 1 --clip.transformer_width 32 "
         "--clip.transformer_layers 1 --clip.embed_dim 16 "
         "--prior.width 32 --prior.layers 1 --prior.heads 1 "
-        "--decoder.channels 8 --decoder.head_channels 8 --decoder.text_layers 1 "
-        "--decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
+        "--decoder.channels 8 --decoder.channel_mults 1,2,2 --decoder.head_channels 8 "
+        "--decoder.text_layers 1 --decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
         "--up1.channels 8 --up2.channels 8 "
         "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
 for _stage in ("clip", "prior", "decoder", "up1", "up2"):
