@@ -34,7 +34,7 @@ class UNetConfig:
     in_channels: int = 3  # x_t; an upsampler concatenates the upsampled low-res image -> 6
     out_channels: int = 6  # 2 x 3: eps and the learned-range variance v [IDDPM] Sec. 3.1
     channels: int = 32  # base width (paper: 512); 32 trains on Shapes in minutes on a 2-core CPU
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level: 32x32, 16x16, 8x8 for the toy
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level, 32x32, 16x16, 8x8 (toy_config: 1, 4, 4)
     num_res_blocks: int = 2  # ResBlocks per level going down (one more going up, as in ADM)
     attention_resolutions: tuple[int, ...] = (16, 8)  # not 32x32: 1024 tokens dominate a CPU step
     head_channels: int = 32  # channels per attention head (the paper: 64 at width 512)

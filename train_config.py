@@ -40,7 +40,7 @@ class Sampling:
     prior_steps: int = 64  # [unCLIP] Sec. 4: 64 prior steps
     candidates: int = 2  # best-of-2 prior samples by dot product with z_t [unCLIP] Sec. 2.2
     # the paper uses 250; with learned Σ [IDDPM] Sec. 4 keeps quality at 25-50 steps: 25 read the held-out
-    # captions as 50 do (README, "Results"; EXPERIMENTS.md, experiment 2), in a third less evaluation time
+    # captions as 50 do, in a third less evaluation time (EXPERIMENTS.md, "Shorter schedules", experiment 2)
     decoder_steps: int = 25
     guidance: float = 3.0  # decoder classifier-free guidance scale [CFG]
     # [unCLIP] Table 3 uses 27 and 15 DDIM steps; our upsamplers start from bicubic and only add
@@ -101,8 +101,9 @@ class Config:
                                                               beta2=0.96, weight_decay=6e-2))
     # EMA 0.995 (a ~200-step window): a longer average lags a net still improving fast. Batch 32: a
     # step of 32 images costs less per image than one of 16 and learns as much per image seen
-    # (EXPERIMENTS.md, "Decoder recipes"); toy_config's decoder, at a fifth less time a step than 32 channels,
-    # spends it on 2600 steps rather than 2200: shape is what it still lacks (README, "Results")
+    # (EXPERIMENTS.md, "Decoder recipes"); toy_config's decoder, a quarter fewer FLOPs a step than 32
+    # channels at 32x32, spends them on 2600 steps, not 2200: shape is what it lacks (EXPERIMENTS.md,
+    # "Shorter schedules")
     opt_decoder: Optim = field(default_factory=lambda: Optim(steps=2600, batch=32, lr=3e-3, ema=0.995))
     # the upsamplers start as bicubic (zero-initialised residual) and only add edges: a high lr
     # and a short EMA suit a few hundred steps (README, "The upsamplers")
@@ -135,8 +136,9 @@ class Config:
 # --quick: every stage end to end in about 2 min on a 2-core CPU; colour and background right,
 # shape and position not yet (README, "Training"). A CLIP trained for far fewer steps has not yet
 # separated its embeddings, and every later stage then reads the captions at chance. Its decoder:
-# 300 steps of 16, 32 channels wide at 32x32; toy_config's 16 channels draw colour in a third of
-# the captions after so few steps.
+# 300 steps of 16, 32 channels wide at 32x32; toy_config's 16 channels draw colour in 8 of the 24
+# captions after so few steps (--quick --decoder.channels 16 --decoder.channel_mults 1,4,4, 2026-12-07,
+# the AMD VM of README's "Two commands"), the 32 in 19.
 QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
          "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
          "opt_decoder.steps": 300, "opt_decoder.batch": 16, "decoder.channels": 32,

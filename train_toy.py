@@ -3,7 +3,7 @@
     python train_toy.py                        # the default run -> runs/toy/ (report.md, *.png)
     python train_toy.py --quick                # every stage end to end in about 2 minutes
     python train_toy.py --stages decoder,up1 --resume
-    python train_toy.py --decoder.channels 96 --opt_decoder.steps 8000
+    python train_toy.py --decoder.channels 24 --opt_decoder.steps 4000
     python train_toy.py --data fashion_mnist:/usr/share/datasets/fashion-mnist   # or cifar10:, folder:
     torchrun --nproc_per_node=2 train_toy.py   # DistributedDataParallel, as nanoGPT does it
 
