@@ -31,10 +31,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import metrics
-from clip_frozen import CLIP, ByteTokenizer, FrozenCLIP
+from clip_frozen import CLIP, FrozenCLIP, make_tokenizer
 from decoder import Decoder, DecoderConfig
 from diffusion import autocast, autocast_network, cpu_has_native_bf16
-from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig
+from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig, trim_padding
 from toy_data import make_caption, sample_scene
 from train_toy import Config, Optim, as_float
 from upsample import Upsampler, resize
@@ -128,9 +128,11 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
     batch = optim.batch
     N = 4 * max(batch, n_sample)  # the bank a batch is drawn from, as train_toy's rows_of does
     rows = lambda: torch.randint(0, N, (batch,))
-    rng, tokenizer = np.random.default_rng(0), ByteTokenizer(cc.context_length)
+    rng, tokenizer = np.random.default_rng(0), make_tokenizer(cfg.tokenizer, cc.context_length)
+    cc.vocab_size = tokenizer.vocab_size  # as train_config.check_models
     captions = [make_caption(sample_scene(rng), rng)[0] for _ in range(N)]  # no rendering: their lengths
-    tokenize = lambda idx: (a.to(device) for a in tokenizer([captions[i] for i in idx]))
+    text = tokenizer(captions)  # once, as train_toy.clip_stage: a step indexes it, cut as train_toy's
+    tokenize = lambda idx: (a.to(device) for a in trim_padding(text[0][idx], text[1][idx]))
     if name == "clip":  # CLIP.loss: contrastive, the captions in length-sorted groups
         model, images = CLIP(cc), smooth_images(N, cc.image_resolution, device)
         data = lambda: (lambda i: (as_float(images[i], device), *tokenize(i)))(rows())
@@ -160,7 +162,7 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
         z_i = unit(N, dc.clip_dim, device)
         data = lambda: (lambda i: (as_float(images[i], device), z_i[i], *tokenize(i)))(rows())
         loss = model.loss
-        tokens, mask = tokenize(range(n_sample))
+        tokens, mask = tokenize(torch.arange(n_sample))
         n = int(mask.sum(1).max())  # sampling cuts trailing padding, as unclip.generate does
         sample = lambda k, m=n_steps: model.sample(z_i[:k], tokens[:k, :n], mask[:k, :n], steps=m,
                                                    guidance_scale=s.guidance)  # batched CFG inside

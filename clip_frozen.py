@@ -10,6 +10,7 @@ Symbols
     z_i, z_t   unit-norm image / text embeddings [B, D]; states [B, L, W] the text token states
     tau        learned temperature; logit_scale = log(1/tau), logits = exp(logit_scale) z_i z_t^T
 """
+import functools
 import gzip
 import html
 import math
@@ -17,6 +18,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,10 +41,11 @@ class CLIPConfig:
     vision_layers: int = 2  # with patch 8 the image is only 16 tokens: 2 blocks suffice
     vision_width: int = 128  # heads = width // 64 as in OpenAI's build (here 2)
     vision_patch_size: int = 8  # Shapes objects sit on patch corners: a patch holds a quadrant of one
-    context_length: int = 112  # start + caption bytes + end; the longest Shapes caption is 103 bytes
-    vocab_size: int = 259  # byte tokenizer: pad 0, bytes 1..256, start 257, end 258
+    # start + caption + end: the longest Shapes caption is 20 BPE tokens, or 103 bytes (ByteTokenizer)
+    context_length: int = 112
+    vocab_size: int = 49408  # OpenAI's BPE vocabulary [CLIP]; the ByteTokenizer needs 259
     transformer_width: int = 64  # W: text width (1 head), also the width of the states the prior and
-    # decoder read; the text side is most of the cost at byte level (~50 tokens)
+    # decoder read
     transformer_layers: int = 2
 
 
@@ -228,6 +231,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(rest)}}
 
 
+@functools.cache  # the scan of every code point takes a second: once per process
 def bpe_pretokenizer() -> re.Pattern:
     r"""OpenAI's split 's|'t|...|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+ written for `re`, which lacks \p{}: N lists
     every numeral (digits and also ², ½, Ⅻ, which `re` counts as word characters), a letter is a word
@@ -238,12 +242,16 @@ def bpe_pretokenizer() -> re.Pattern:
     return re.compile(rf"'s|'t|'re|'ve|'m|'ll|'d|(?:(?!{N})[^\W_])+|{N}|(?:[^\s\w]|_)+", re.IGNORECASE)
 
 
+# OpenAI's released merges (MIT), shipped beside this file; assets/tokenizer/README.md says where from
+BPE_MERGES = Path(__file__).resolve().parent / "assets" / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+
+
 class BPETokenizer(_Tokenizer):
-    """OpenAI's CLIP tokenizer, given its merges file (bpe_simple_vocab_16e6.txt.gz, copy in tests/data):
-    with the released merges start = 49406 and end = 49407, the highest id. Text cleanup is html-unescape,
+    """OpenAI's CLIP tokenizer, given its merges file (default: the released one, BPE_MERGES): with the
+    released merges start = 49406 and end = 49407, the highest id. Text cleanup is html-unescape,
     whitespace collapse and lower case; OpenAI also runs ftfy, which repairs mis-decoded text ("cafÃ©")."""
 
-    def __init__(self, merges_path: str, context_length: int = 77, truncate: bool = True):
+    def __init__(self, merges_path: str | Path = BPE_MERGES, context_length: int = 77, truncate: bool = True):
         opener = gzip.open if str(merges_path).endswith(".gz") else open
         with opener(merges_path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")[1:49152 - 256 - 2 + 1]  # skip the version header
@@ -279,6 +287,24 @@ class BPETokenizer(_Tokenizer):
         text = re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip().lower()
         words = ("".join(self.byte_encoder[b] for b in w.encode("utf-8")) for w in self.pattern.findall(text))
         return [self.encoder[token] for word in words for token in self.bpe(word)]
+
+
+TOKENIZERS = ("bpe", "byte")  # what train_toy.py's --tokenizer names
+
+
+def make_tokenizer(kind: str, context_length: int, truncate: bool = True):
+    """"bpe": OpenAI's tokenizer with the released merges (BPE_MERGES), as [CLIP] reads captions; "byte":
+    the ByteTokenizer, which needs no file but makes a caption ~4x as many tokens (Shapes: 52 vs 12)."""
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer kind must be one of {', '.join(TOKENIZERS)}, got {kind!r}")
+    if kind == "byte":
+        return ByteTokenizer(context_length, truncate)
+    return BPETokenizer(BPE_MERGES, context_length, truncate)
+
+
+def tokenizer_kind(vocab_size: int) -> str:
+    """The make_tokenizer kind a CLIP with this vocabulary was trained on: 259 ids the bytes', else BPE."""
+    return "byte" if vocab_size == ByteTokenizer.vocab_size else "bpe"
 
 
 class FrozenCLIP:

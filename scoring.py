@@ -136,7 +136,8 @@ def diversity(z: torch.Tensor, reads: list, k: int) -> dict:
     """Within each caption's k images: mean pairwise 1 - cos of their CLIP image embeddings, the fraction
     of UNNAMED attributes that take >= 2 values, and the mean number of values each takes."""
     z = z.view(-1, k, z.shape[-1])  # [captions, k, D]
-    spread = (1 - z @ z.transpose(1, 2))[:, ~torch.eye(k, dtype=torch.bool)].mean().item()
+    # clamped: rounding leaves 1 - cos of two equal unit vectors at -1e-7, not 0
+    spread = (1 - z @ z.transpose(1, 2)).clamp(min=0)[:, ~torch.eye(k, dtype=torch.bool)].mean().item()
     groups = [reads[i:i + k] for i in range(0, len(reads), k)]
     distinct = {u: [len({r[u] for r in g}) for g in groups] for u in UNNAMED}  # values per caption
     varied = [d > 1 for counts in distinct.values() for d in counts]

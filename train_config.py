@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import diffusion
 import real_data
-from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
+from clip_frozen import CLIP, TOKENIZERS, CLIPConfig, FrozenCLIP, make_tokenizer, tokenizer_kind
 from decoder import Decoder, DecoderConfig, toy_config
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
 from toy_data import Shapes, allowed_pairs
@@ -57,6 +57,10 @@ class Config:
     # on CUDA and on CPUs with native bf16, else fp32 (see diffusion.autocast)
     precision: str = "auto"
     stages: str = "clip,prior,decoder,up1,up2"
+    # "bpe": OpenAI's CLIP tokenizer [CLIP], a Shapes caption in 12 tokens; "byte": UTF-8 bytes, 52 tokens,
+    # which CLIP, the prior and the decoder's caption encoder all read: the run takes 1.3x as long
+    # (EXPERIMENTS.md, "BPE against bytes"). It sets clip.vocab_size
+    tokenizer: str = "bpe"
     # or fashion_mnist:PATH, cifar10:PATH (32x32 only: no upsamplers) or folder:PATH (the whole cascade
     # when its images are 128 px or more); real data trains on its training split, evaluates on the rest
     data: str = "shapes"
@@ -137,8 +141,8 @@ class Config:
 # shape and position not yet (README, "Training"). A CLIP trained for far fewer steps has not yet
 # separated its embeddings, and every later stage then reads the captions at chance. Its decoder:
 # 300 steps of 16, 32 channels wide at 32x32; toy_config's 16 channels draw colour in 8 of the 24
-# captions after so few steps (--quick --decoder.channels 16 --decoder.channel_mults 1,4,4, 2026-12-07,
-# the AMD VM of README's "Two commands"), the 32 in 19.
+# captions after so few steps (--quick --tokenizer byte --decoder.channels 16 --decoder.channel_mults
+# 1,4,4, 2026-12-07, the AMD VM of README's "Two commands"), the 32 in 19 (21 with BPE tokens).
 QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
          "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
          "opt_decoder.steps": 300, "opt_decoder.batch": 16, "decoder.channels": 32,
@@ -209,6 +213,8 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
     if cfg.snapshot_every % cfg.ckpt_every:
         raise SystemExit(f"--snapshot_every {cfg.snapshot_every}: must be a multiple of --ckpt_every "
                          f"{cfg.ckpt_every}, the steps a snapshot can be written at")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise SystemExit(f"--tokenizer {cfg.tokenizer}: must be one of {', '.join(TOKENIZERS)}")
     if cfg.prior_kind not in ("diffusion", "ar"):
         raise SystemExit(f"--prior_kind {cfg.prior_kind}: must be diffusion or ar")
     try:
@@ -256,6 +262,8 @@ def check_sizes(cfg: Config, stages: list, world: int) -> None:
 
 def check_models(cfg: Config, stages: list) -> None:
     """Each model built once, on the CPU, so its own checks run (the global RNG is left as it was)."""
+    tokenizer = make_tokenizer(cfg.tokenizer, cfg.clip.context_length)
+    cfg.clip.vocab_size = tokenizer.vocab_size  # the tokenizer's ids are the CLIP's vocabulary
     with torch.random.fork_rng(devices=[]):
         for name in ("clip", *[n for n in stages if n != "clip"]):
             try:  # the fields' own checks first: a command line sets them after __post_init__ ran
@@ -265,7 +273,7 @@ def check_models(cfg: Config, stages: list) -> None:
                 flag = cfg.prior_name if name == "prior" else name
                 raise SystemExit(f"--{flag}.* do not fit: {e}") from None
             if name == "clip":  # the later stages take these fields from the CLIP
-                link(cfg, FrozenCLIP(model, ByteTokenizer(cfg.clip.context_length)))
+                link(cfg, FrozenCLIP(model, tokenizer))
             elif name != "prior":  # a U-Net halves its input len(channel_mults) - 1 times
                 c, flag = getattr(cfg, name), f"--{name}.channel_mults"
                 size = c.image_size if name == "decoder" else c.high_res // (2 if c.crop else 1)
@@ -330,6 +338,9 @@ def config_args(saved: dict) -> list:
             continue
         if value is not None:
             args += [f"--{dotted}", option_text(value)]
+    clip = saved.get("clip")
+    if "tokenizer" not in saved and isinstance(clip, dict) and "vocab_size" in clip:  # the CLIP's vocabulary
+        args += ["--tokenizer", tokenizer_kind(clip["vocab_size"])]  # says which it read
     return args
 
 

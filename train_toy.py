@@ -35,7 +35,7 @@ import real_data
 import scoring
 import toy_data
 import unclip
-from clip_frozen import ByteTokenizer, FrozenCLIP, load_clip
+from clip_frozen import FrozenCLIP, load_clip, make_tokenizer, tokenizer_kind
 from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid, usable_cpus
 from prior import trim_padding
 from toy_data import Shapes, attribute_accuracy, shapes_collate
@@ -86,6 +86,7 @@ class Run:
     data: Data | None = None
     clip: FrozenCLIP | None = None
     z_bank: torch.Tensor | None = None  # the true z_i of every training image
+    text: tuple | None = None  # (tokens, mask) of every training caption
     seconds: dict = field(default_factory=dict)  # per stage, for the report
 
     def log(self, msg: str) -> None:
@@ -249,17 +250,22 @@ def preview(run: Run, name: str, model, step: int) -> None:
 def clip_stage(run: Run) -> None:
     """Stage 0: CLIP, trained contrastively [CLIP], then frozen: its z_i of every training image."""
     cfg, oc, path = run.cfg, run.cfg.opt_clip, run.out / "clip.pt"
-    tokenizer, images = ByteTokenizer(cfg.clip.context_length), run.data.images[cfg.clip.image_resolution]
+    tokenizer = make_tokenizer(cfg.tokenizer, cfg.clip.context_length)
+    images = run.data.images[cfg.clip.image_resolution]
+    # every training caption tokenized once (BPE costs ~0.1 ms a caption), padding past the longest cut
+    run.text = trim_padding(*tokenizer(run.data.captions))
 
     def batch(step):  # the whole batch in every process: the contrastive loss needs all its negatives
         i = run.rows("clip", step, oc.batch, shared=False)
-        return as_float(images[i], run.device), *tokenizer([run.data.captions[j] for j in i])
+        return as_float(images[i], run.device), run.text[0][i], run.text[1][i]
     if "clip" in run.stages:
         with run.timed("clip"):
             run.seed("clip")
             model = train_stage("clip", new_model(cfg, "clip").to(run.device), batch, oc, run)[0]
     else:
         model = load_clip(path, map_location=run.device)
+        if (kind := tokenizer_kind(model.config.vocab_size)) != cfg.tokenizer:
+            raise SystemExit(f"{path} is a CLIP trained on {kind} tokens: pass --tokenizer {kind}")
     run.clip = FrozenCLIP(model, tokenizer)
     run.z_bank = torch.cat([run.clip.encode_image(as_float(x, run.device)) for x in images.split(512)])
     link(cfg, run.clip)
@@ -300,7 +306,7 @@ def decoder_stage(run: Run) -> None:
         x = as_float(data.images[cfg.clip.image_resolution][idx], run.device)
         # the all-padding columns cut, on the host (no sync): the same loss, as the caption
         # encoder is causal and attention masks padded keys, for about 6% less time a step
-        text = trim_padding(*run.clip.tokenizer([data.captions[j] for j in idx]))
+        text = trim_padding(run.text[0][idx], run.text[1][idx])
         return x, run.z_bank[idx], *(a.to(run.device) for a in text)
     if "decoder" in run.stages:
         with run.timed("decoder"):

@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_frozen import CLIP, ByteTokenizer, CLIPConfig, FrozenCLIP
+from clip_frozen import (
+    CLIP,
+    BPETokenizer,
+    ByteTokenizer,
+    CLIPConfig,
+    FrozenCLIP,
+    make_tokenizer,
+    tokenizer_kind,
+)
 from decoder import Decoder, DecoderConfig
 from diffusion import autocast
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
@@ -241,12 +249,13 @@ def save_pipeline(path, pipe: UnCLIP) -> None:
     "diffusion" | "ar"; absent if None), "decoder", "upsamplers": [...]}, each a {"config", "state_dict"};
     written to path.tmp and renamed, so a crash never leaves half a file."""
     tok = pipe.clip.tokenizer
-    if not isinstance(tok, ByteTokenizer):
-        raise ValueError("save_pipeline needs a CLIP with the ByteTokenizer")
+    if not isinstance(tok, ByteTokenizer | BPETokenizer):  # a BPETokenizer reloads with BPE_MERGES
+        raise ValueError("save_pipeline needs a CLIP with the ByteTokenizer or the BPETokenizer")
     entry = lambda m, **extra: {"config": asdict(m.config if isinstance(m, CLIP) else m.cfg),
                                 "state_dict": m.state_dict(), **extra}  # CLIP keeps OpenAI's name
     ckpt = {"format": FORMAT, "clip": entry(pipe.clip.model, kind=pipe.clip.kind),
-            "tokenizer": {"kind": "byte", "context_length": tok.context_length, "truncate": tok.truncate},
+            "tokenizer": {"kind": "byte" if isinstance(tok, ByteTokenizer) else "bpe",
+                          "context_length": tok.context_length, "truncate": tok.truncate},
             "decoder": entry(pipe.decoder), "upsamplers": [entry(up) for up in pipe.upsamplers]}
     if pipe.prior is not None:
         ckpt["prior"] = entry(pipe.prior, kind="ar" if isinstance(pipe.prior, ARPrior) else "diffusion")
@@ -287,12 +296,13 @@ def _assemble(ckpt: dict, where, device) -> UnCLIP:
     missing = [k for k in ("clip", "tokenizer", "decoder") if ckpt.get(k) is None]
     prior = ckpt.get("prior")
     kind = prior.get("kind", "diffusion") if isinstance(prior, dict) else "diffusion"
-    if missing or ckpt["tokenizer"].get("kind") != "byte" or kind not in PRIORS:
-        raise ValueError(f"{where} lacks {', '.join(missing) or 'a byte tokenizer'} or has an "
+    if missing or ckpt["tokenizer"].get("kind", "") not in ("byte", "bpe", None) or kind not in PRIORS:
+        raise ValueError(f"{where} lacks {', '.join(missing) or 'a byte or bpe tokenizer'} or has an "
                          f"unknown prior kind {kind!r} (found: {', '.join(sorted(ckpt))}); {HINT}")
     model = _build(CLIP, CLIPConfig, ckpt["clip"], "clip", where)
-    tok = ckpt["tokenizer"]  # context_length None: the CLIP's own (see from_stage_checkpoints)
-    tokenizer = ByteTokenizer(tok["context_length"] or model.config.context_length, tok["truncate"])
+    tok, cfg = ckpt["tokenizer"], model.config  # None: the CLIP's own (see from_stage_checkpoints)
+    tokenizer = make_tokenizer(tok["kind"] or tokenizer_kind(cfg.vocab_size),
+                               tok["context_length"] or cfg.context_length, tok["truncate"])
     clip = FrozenCLIP(model, tokenizer, kind=ckpt["clip"].get("kind", "toy"))
     if prior is not None:
         prior = _build(*PRIORS[kind], prior, f"{kind} prior", where)
@@ -322,7 +332,7 @@ def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
     prior = {**read(names[kind]), "kind": kind} if kind else None
     ups = [read(name) for name in ("up1.pt", "up2.pt") if name in files and "up1.pt" in files]
     return _assemble({"format": FORMAT, "clip": read("clip.pt"), "decoder": read("decoder.pt"),
-                      "tokenizer": {"kind": "byte", "context_length": None, "truncate": True},
+                      "tokenizer": {"kind": None, "context_length": None, "truncate": True},
                       "prior": prior, "upsamplers": ups}, folder, device)
 
 

@@ -22,8 +22,8 @@ from clip_frozen import (
 )
 
 TINY = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=2, vision_width=64,
-                  vision_patch_size=4, context_length=24, transformer_width=64,
-                  transformer_layers=2)
+                  vision_patch_size=4, context_length=24, vocab_size=259, transformer_width=64,
+                  transformer_layers=2)  # the ByteTokenizer's vocabulary
 # widths that give 2 heads, different depths, patch and resolution: a config shapes must reveal
 ODD = CLIPConfig(embed_dim=48, image_resolution=24, vision_layers=1, vision_width=128,
                  vision_patch_size=8, context_length=16, vocab_size=300, transformer_width=128,
@@ -47,8 +47,8 @@ def test_imports_only_torch_numpy_pil_stdlib():
              for a in n.names}
     project = {p.stem for p in Path(__file__).parents[1].glob("*.py")} - {"clip_frozen"}
     assert not roots & project
-    assert roots <= {"torch", "numpy", "PIL", "gzip", "html", "math", "os", "re", "time",
-                     "collections", "dataclasses"}
+    assert roots <= {"torch", "numpy", "PIL", "functools", "gzip", "html", "math", "os", "pathlib", "re",
+                     "time", "collections", "dataclasses"}
 
 
 def test_state_dict_keys_are_openais():

@@ -292,6 +292,10 @@ def test_config_args_rebuild_the_saved_config():
     older, _ = train_toy.parse_args(train_config.config_args(saved))
     assert train_config.Config().decoder.map_resolutions == (16,) and older.decoder.map_resolutions == ()
     assert older.opt_prior.lr == 1e-5  # the rest as saved
+    assert older.tokenizer == "bpe"  # a saved config without the field: its CLIP's vocabulary names it
+    del saved["tokenizer"]
+    saved["clip"]["vocab_size"] = 259
+    assert train_toy.parse_args(train_config.config_args(saved))[0].tokenizer == "byte"
 
 
 def two_object_renders(n=12, seed=0, edit=lambda a, b: (a, b)):

@@ -2,11 +2,17 @@
 merges."""
 
 import gzip
-from pathlib import Path
 
 import pytest
 
-from clip_frozen import BPETokenizer, ByteTokenizer, bytes_to_unicode
+from clip_frozen import (
+    BPE_MERGES,
+    BPETokenizer,
+    ByteTokenizer,
+    bytes_to_unicode,
+    make_tokenizer,
+    tokenizer_kind,
+)
 
 
 def test_byte_tokenizer():
@@ -50,7 +56,7 @@ def test_bpe_tokenizer_on_written_merges(tmp_path):
     assert mask.all() and tokens[0, -1] == end and tokens.max() == end
 
 
-VOCAB = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"  # OpenAI's merges, MIT
+VOCAB = BPE_MERGES  # OpenAI's merges (MIT), shipped in assets/tokenizer
 # Reference ids from OpenAI's tokenizer (its SimpleTokenizer, as packaged in open-clip-torch 3.3.0, run
 # once on the file above), each case for one step of the pipeline.
 OPENAI_IDS = {
@@ -77,3 +83,14 @@ def test_bpe_gives_openais_ids_with_the_released_merges():
     assert mask[0].tolist() == [True] * 7 + [False] * 70 and not tokens[0, 7:].any()
     for caption, ids in OPENAI_IDS.items():
         assert tok.encode(caption) == ids, caption
+
+
+def test_make_tokenizer_names_the_two_tokenizers_and_tokenizer_kind_reads_a_vocabulary():
+    bpe, byte = make_tokenizer("bpe", 30), make_tokenizer("byte", 30, truncate=False)
+    assert isinstance(bpe, BPETokenizer) and (bpe.vocab_size, bpe.end_token, bpe.context_length) == (
+        49408, 49407, 30)
+    assert bpe(["a blue square"])[0][0, :5].tolist() == [49406, 320, 1746, 3999, 49407]  # OpenAI's ids
+    assert isinstance(byte, ByteTokenizer) and (byte.vocab_size, byte.truncate) == (259, False)
+    assert (tokenizer_kind(259), tokenizer_kind(49408)) == ("byte", "bpe")
+    with pytest.raises(ValueError, match="bpe, byte"):
+        make_tokenizer("BPE", 30)

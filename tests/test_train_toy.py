@@ -152,6 +152,7 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("decoder.clip_map", "false", "--decoder.* do not fit: map_resolutions (16,) needs clip_map"),
     ("prior.heads", "3", "--prior.* do not fit: width 32 must be even and divisible by heads 3"),
     ("snapshot_every", "3", "--snapshot_every 3: must be a multiple of --ckpt_every 2"),
+    ("tokenizer", "words", "--tokenizer words: must be one of bpe, byte"),
 ])
 def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monkeypatch, option, value,
                                                                  message):
@@ -160,6 +161,17 @@ def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monke
     with pytest.raises(SystemExit, match=re.escape(message)):
         train_toy.main(TINY + ["--out", str(out), f"--{option}", value])
     assert not out.exists()
+
+
+def test_the_tokenizer_sets_the_vocabulary_of_the_clip_and_the_decoder(finished_run, tmp_path):
+    for kind, vocab in (("bpe", 49408), ("byte", 259)):
+        cfg, _ = train_config.parse_args(["--tokenizer", kind])
+        train_config.check_config(cfg, list(train_config.STAGES), world=1)
+        assert cfg.clip.vocab_size == cfg.decoder.vocab_size == vocab
+    shutil.copy(finished_run[0] / "clip.pt", tmp_path / "clip.pt")  # trained on BPE ids, the default
+    with pytest.raises(SystemExit, match="clip.pt is a CLIP trained on bpe tokens: pass --tokenizer bpe"):
+        train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "prior", "--resume",
+                               "--tokenizer", "byte"])
 
 
 def test_the_defaults_and_quick_pass_the_checks():

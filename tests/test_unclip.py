@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tiny_pipeline import D, parts
 
 import unclip
-from clip_frozen import save_clip
+from clip_frozen import BPETokenizer, save_clip
 from prior import ARPrior, DiffusionPrior
 from unclip import UnCLIP, from_stage_checkpoints, load_pipeline, save_pipeline, slerp
 
@@ -266,6 +266,22 @@ def test_ar_prior_and_parts_round_trip(tmp_path):
     a = UnCLIP(clip, prior, decoder, ups[:1]).generate(["a cross"], seed=1, candidates=1, **GEN)
     b = loaded.generate(["a cross"], seed=1, candidates=1, **GEN)
     assert torch.equal(a["up1"], b["up1"])
+
+
+def test_a_bpe_pipeline_round_trips_with_openais_tokenizer(tmp_path):
+    clip, prior, decoder, ups = parts(seed=3, tokenizer="bpe")
+    pipe = UnCLIP(clip, prior, decoder, ups[:1])
+    save_pipeline(tmp_path / "bpe.pt", pipe)
+    assert torch.load(tmp_path / "bpe.pt", weights_only=True)["tokenizer"]["kind"] == "bpe"
+    loaded = load_pipeline(tmp_path / "bpe.pt")
+    assert isinstance(loaded.clip.tokenizer, BPETokenizer) and loaded.clip.tokenizer.context_length == 24
+    tokens = loaded.clip.tokenize(["a red circle"])[0][0, :5].tolist()
+    assert tokens == [49406, 320, 736, 7117, 49407]  # OpenAI's ids for "a red circle"
+    a, b = (p.generate(["a red circle"], seed=1, **GEN)["up1"] for p in (pipe, loaded))
+    assert torch.equal(a, b)
+    save_clip(clip.model, tmp_path / "clip.pt")  # stage files: the CLIP's vocabulary names the tokenizer
+    decoder.save(tmp_path / "decoder.pt")
+    assert isinstance(from_stage_checkpoints(tmp_path).clip.tokenizer, BPETokenizer)
 
 
 def test_stage_checkpoints_folder(tmp_path, pipe):
