@@ -304,8 +304,7 @@ def decoder_stage(run: Run) -> None:
     def batch(step):
         idx = run.rows("decoder", step, oc.batch)
         x = as_float(data.images[cfg.clip.image_resolution][idx], run.device)
-        # the all-padding columns cut, on the host (no sync): the same loss, as the caption
-        # encoder is causal and attention masks padded keys, for about 6% less time a step
+        # all-padding columns cut on the host (no sync): the same loss (causal encoder, masked keys), faster
         text = trim_padding(run.text[0][idx], run.text[1][idx])
         return x, run.z_bank[idx], *(a.to(run.device) for a in text)
     if "decoder" in run.stages:
