@@ -292,6 +292,7 @@ class BPETokenizer(_Tokenizer):
 TOKENIZERS = ("bpe", "byte")  # what train_toy.py's --tokenizer names
 
 
+@functools.cache  # one per (kind, length, truncate) in a process: the merges file is read once
 def make_tokenizer(kind: str, context_length: int, truncate: bool = True):
     """"bpe": OpenAI's tokenizer with the released merges (BPE_MERGES), as [CLIP] reads captions; "byte":
     the ByteTokenizer, which needs no file but makes a caption ~4x as many tokens (Shapes: 52 vs 12)."""

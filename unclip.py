@@ -18,6 +18,7 @@ from PIL import Image
 
 from clip_frozen import (
     CLIP,
+    TOKENIZERS,
     BPETokenizer,
     ByteTokenizer,
     CLIPConfig,
@@ -296,7 +297,7 @@ def _assemble(ckpt: dict, where, device) -> UnCLIP:
     missing = [k for k in ("clip", "tokenizer", "decoder") if ckpt.get(k) is None]
     prior = ckpt.get("prior")
     kind = prior.get("kind", "diffusion") if isinstance(prior, dict) else "diffusion"
-    if missing or ckpt["tokenizer"].get("kind", "") not in ("byte", "bpe", None) or kind not in PRIORS:
+    if missing or ckpt["tokenizer"].get("kind", "") not in (*TOKENIZERS, None) or kind not in PRIORS:
         raise ValueError(f"{where} lacks {', '.join(missing) or 'a byte or bpe tokenizer'} or has an "
                          f"unknown prior kind {kind!r} (found: {', '.join(sorted(ckpt))}); {HINT}")
     model = _build(CLIP, CLIPConfig, ckpt["clip"], "clip", where)
