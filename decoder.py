@@ -37,7 +37,7 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level, 32x32, 16x16, 8x8 (toy_config: 1, 4, 4)
     num_res_blocks: int = 2  # ResBlocks per level going down (one more going up, as in ADM)
     attention_resolutions: tuple[int, ...] = (16, 8)  # not 32x32: 1024 tokens dominate a CPU step
-    head_channels: int = 32  # channels per attention head (the paper: 64 at width 512)
+    head_channels: int = 64  # [GLIDE]/[ADM]'s; equal FLOPs, but 32-channel heads multiply ~2x slower on a CPU
     dropout: float = 0.0  # paper: 0.1; a CPU run of minutes is far from overfitting, so off
     # Not in ADM: two input channels with each pixel's (x, y) in [-1, 1] ("CoordConv"); a conv net
     # otherwise finds where it is only from the zero padding, and position is learned last.
@@ -89,10 +89,10 @@ class DecoderConfig(UNetConfig):
 def toy_config(**fields) -> DecoderConfig:
     """DecoderConfig() is [GLIDE]/[unCLIP]'s decoder at toy width; train_toy.py trains this preset, whose
     departures make background, position and shape learnable in CPU-minutes: v prediction [PD], coordinate
-    channels, z_i maps at 8x8 and 16x16, one ResBlock a level, attention at 8x8, and 16 channels at 32x32, 64
-    below (README, "The decoder")."""
+    channels, z_i maps at 8x8 and 16x16, one ResBlock a level, attention at 8x8 in two 32-channel heads,
+    and 16 channels at 32x32, 64 below (README, "The decoder")."""
     toy = dict(mean_type="v", coords=True, clip_map=True, map_resolutions=(16,), num_res_blocks=1,
-               attention_resolutions=(8,), channels=16, channel_mults=(1, 4, 4))
+               attention_resolutions=(8,), head_channels=32, channels=16, channel_mults=(1, 4, 4))
     return DecoderConfig(**toy | fields)
 
 

@@ -324,11 +324,13 @@ def test_bad_input_gets_a_clear_error():
 
 def test_paper_decoder_and_toy_preset():
     # DecoderConfig() keeps GLIDE/unCLIP's choices: eps prediction, learned-range variance, two
-    # ResBlocks a level, attention at 16x16 and 8x8, no coordinate channels or z_i map, 4 z_i tokens
+    # ResBlocks a level, attention at 16x16 and 8x8 in 64-channel heads, no coordinate channels or z_i map,
+    # 4 z_i tokens
     paper, toy = DecoderConfig(), toy_config()
     assert (paper.mean_type, paper.learn_sigma, paper.num_res_blocks, paper.attention_resolutions,
-            paper.coords, paper.clip_map, paper.clip_tokens) == ("eps", True, 2, (16, 8), False, False, 4)
+            paper.head_channels, paper.coords, paper.clip_map, paper.clip_tokens) == (
+        "eps", True, 2, (16, 8), 64, False, False, 4)
     changed = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(toy, f.name)}
     assert changed == {"mean_type", "coords", "clip_map", "map_resolutions", "num_res_blocks",
-                       "attention_resolutions", "channels", "channel_mults"}
+                       "attention_resolutions", "head_channels", "channels", "channel_mults"}
     assert toy_config(channels=16).channels == 16 and toy_config(mean_type="eps").mean_type == "eps"
