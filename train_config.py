@@ -263,6 +263,9 @@ def check_sizes(cfg: Config, stages: list, world: int) -> None:
 def check_models(cfg: Config, stages: list) -> None:
     """Each model built once, on the CPU, so its own checks run (the global RNG is left as it was)."""
     tokenizer = make_tokenizer(cfg.tokenizer, cfg.clip.context_length)
+    if cfg.clip.vocab_size not in (CLIPConfig.vocab_size, tokenizer.vocab_size):  # set, and not to these ids
+        raise SystemExit(f"--clip.vocab_size {cfg.clip.vocab_size}: the {cfg.tokenizer} tokenizer has "
+                         f"{tokenizer.vocab_size} ids and sets it; leave it out or pick --tokenizer")
     cfg.clip.vocab_size = tokenizer.vocab_size  # the tokenizer's ids are the CLIP's vocabulary
     with torch.random.fork_rng(devices=[]):
         for name in ("clip", *[n for n in stages if n != "clip"]):

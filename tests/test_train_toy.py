@@ -153,6 +153,7 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
     ("prior.heads", "3", "--prior.* do not fit: width 32 must be even and divisible by heads 3"),
     ("snapshot_every", "3", "--snapshot_every 3: must be a multiple of --ckpt_every 2"),
     ("tokenizer", "words", "--tokenizer words: must be one of bpe, byte"),
+    ("clip.vocab_size", "1000", "--clip.vocab_size 1000: the bpe tokenizer has 49408 ids and sets it"),
 ])
 def test_bad_options_are_refused_naming_the_flag_before_any_work(tmp_path, monkeypatch, option, value,
                                                                  message):
