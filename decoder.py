@@ -37,7 +37,7 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)  # width per level, 32x32, 16x16, 8x8 (toy_config: 1, 4, 4)
     num_res_blocks: int = 2  # ResBlocks per level going down (one more going up, as in ADM)
     attention_resolutions: tuple[int, ...] = (16, 8)  # not 32x32: 1024 tokens dominate a CPU step
-    head_channels: int = 64  # [GLIDE]/[ADM]'s; equal FLOPs, but 32-channel heads multiply ~2x slower on a CPU
+    head_channels: int = 64  # [GLIDE]/[ADM]'s; equal FLOPs, but 32-channel heads run ~2x slower in CPU bf16
     dropout: float = 0.0  # paper: 0.1; a CPU run of minutes is far from overfitting, so off
     # Not in ADM: two input channels with each pixel's (x, y) in [-1, 1] ("CoordConv"); a conv net
     # otherwise finds where it is only from the zero padding, and position is learned last.
