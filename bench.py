@@ -3,16 +3,17 @@
     python bench.py --threads 2 --reps 5 --json runs/bench.json   # every model, tables, profiles
     python bench.py --only decoder,up1 --precision both           # some models, fp32 and bf16
     python bench.py --peer --only prior                           # beside DALLE2-pytorch, if importable
+    python bench.py --only decoder --channels-last --compile      # the U-Nets NHWC, torch.compile'd
     python bench.py --quick                                       # smoke test: 1 rep, 2 sampling steps
 
 Models, batch sizes and sampling steps are train_toy.py's, on random data held as train_toy holds it.
-GFLOP/example: a training forward + backward, by torch.utils.flop_counter. train ex/s: train_toy's
-step (batch, forward, backward, clipping, AdamW, EMA). % of peak: against the measured matmul peak
-of the same precision (both are printed, and whether bf16 is native). Memory: CUDA peak allocated,
-else max-RSS growth (run one --only for a clean number). Times: medians of --reps windows.
-The profile (torch.profiler: --profile-steps training steps, and a decoder sampling call, the
-evaluation's work) gives each op's time to the group of its outermost caller that has one; "other"
-is every other op and the Python time between ops (CUDA: device time).
+GFLOP/example: a training forward + backward, by torch.utils.flop_counter. train ex/s: train_toy's step
+(batch, forward, backward, clipping, AdamW, EMA); first step s: the first, with --compile its compiling.
+% of peak: against the measured matmul peak of the same precision (both printed, and whether bf16 is native).
+Memory: CUDA peak allocated, else max-RSS growth (one --only for a clean number; --compile: the compiler's
+too). Times: medians of --reps windows. The profile (torch.profiler: --profile-steps training steps, and a
+decoder sampling call, the evaluation's work) gives each op's time to the group of its outermost caller that
+has one; "other" is every other op, compiled kernels and the Python time between (CUDA: device time).
 """
 
 import argparse
@@ -80,26 +81,11 @@ def median_time(fn, reps: int, device, warmup: int = 1, min_window: float = 0.0)
     return statistics.median(window(fn, calls, device) for _ in range(reps))
 
 
-def matmul_peak(device, dtype=torch.float32, n: int = 2048, reps: int = 5) -> float:
-    """Measured matmul throughput in FLOP/s: 2 n^3 per [n, n] @ [n, n], median of reps."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / median_time(lambda: a @ b, reps, device, warmup=2)
-
-
 def count_flops(loss_fn) -> int:
     """FLOPs of one forward + backward of loss_fn() -> scalar (matmuls, convolutions, attention)."""
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         loss_fn().backward()
     return counter.get_total_flops()
-
-
-def max_rss_mb() -> float:
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return math.nan
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 def resolve(device, precision: str) -> str:
@@ -118,25 +104,25 @@ def smooth_images(n: int, size: int, device) -> torch.Tensor:
     return (x * 255).round().to(torch.uint8)
 
 
-def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
-    """{model, batch, data(): one training batch, loss(*batch), sample(k, steps), steps, optim, ema}."""
+def build(name: str, cfg: Config, device, n_sample: int, quick: bool, one_width: bool = False) -> dict:
+    """{model, batch, data(): one training batch, loss(*batch), sample(k, steps), steps, optim, ema}.
+    one_width: every batch's captions at the bank's width, not cut per batch (a compiled net's shapes)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     s, cc, sample, n_steps = cfg.sampling, cfg.clip, None, None
     steps = lambda n: 2 if quick else n  # --quick: 2 sampling steps, enough to run every line
     optim = getattr(cfg, "opt_prior" if name == "ar_prior" else f"opt_{name}")
-    batch = optim.batch
-    N = 4 * max(batch, n_sample)  # the bank a batch is drawn from, as train_toy's rows_of does
-    rows = lambda: torch.randint(0, N, (batch,))
+    N = 4 * max(optim.batch, n_sample)  # the bank a batch is drawn from, as train_toy's rows_of does
+    rows = lambda: torch.randint(0, N, (optim.batch,))
     rng, tokenizer = np.random.default_rng(0), make_tokenizer(cfg.tokenizer, cc.context_length)
     cc.vocab_size = tokenizer.vocab_size  # as train_config.check_models
     captions = [make_caption(sample_scene(rng), rng)[0] for _ in range(N)]  # no rendering: their lengths
-    text = tokenizer(captions)  # once, as train_toy.clip_stage: a step indexes it, cut as train_toy's
-    tokenize = lambda idx: (a.to(device) for a in trim_padding(text[0][idx], text[1][idx]))
+    text = trim_padding(*tokenizer(captions))  # once, as train_toy.clip_stage: a step indexes it
+    cut = (lambda *a: a) if one_width else trim_padding  # and cuts its batch's padding, as train_toy's
+    tokenize = lambda idx: (a.to(device) for a in cut(text[0][idx], text[1][idx]))
     if name == "clip":  # CLIP.loss: contrastive, the captions in length-sorted groups
         model, images = CLIP(cc), smooth_images(N, cc.image_resolution, device)
         data = lambda: (lambda i: (as_float(images[i], device), *tokenize(i)))(rows())
-        loss = model.loss
     elif name in ("prior", "ar_prior"):  # caption states of an untrained frozen CLIP: same shapes
         clip = FrozenCLIP(CLIP(cc), tokenizer, device=device)
         z_t, states, mask = clip.encode_text(captions)  # train_toy encodes every caption once
@@ -145,7 +131,6 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
         pcfg.clip_dim, pcfg.text_width = clip.embed_dim, clip.text_width  # as train_toy.main
         model = (DiffusionPrior if name == "prior" else ARPrior)(pcfg)
         data = lambda: (lambda i: (z_i[i], z_t[i], states[i], mask[i]))(rows().to(device))
-        loss = model.loss
         if name == "prior":  # best-of-k: the k candidates run as one batch
             n_steps = steps(s.prior_steps)
             sample = lambda k, n=n_steps: model.sample(z_t[:k], states[:k], mask[:k], steps=n,
@@ -161,7 +146,6 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
         model, images = Decoder(dc), smooth_images(N, dc.image_size, device)
         z_i = unit(N, dc.clip_dim, device)
         data = lambda: (lambda i: (as_float(images[i], device), z_i[i], *tokenize(i)))(rows())
-        loss = model.loss
         tokens, mask = tokenize(torch.arange(n_sample))
         n = int(mask.sum(1).max())  # sampling cuts trailing padding, as unclip.generate does
         sample = lambda k, m=n_steps: model.sample(z_i[:k], tokens[:k, :n], mask[:k, :n], steps=m,
@@ -170,14 +154,13 @@ def build(name: str, cfg: Config, device, n_sample: int, quick: bool) -> dict:
         uc, n_steps = getattr(cfg, name), steps(s.up_steps[int(name[-1]) - 1])
         model, images = Upsampler(uc), smooth_images(N, uc.high_res, device)
         lo = resize(as_float(images[:n_sample], device), uc.low_res, "area")
-        data = lambda: (as_float(images[rows()], device),)
-        loss = model.loss  # crops of a quarter of the area, as in training
+        data = lambda: (as_float(images[rows()], device),)  # the loss crops a quarter, as in training
         sample = lambda k, n=n_steps: model.sample(lo[:k], steps=n)
-    return dict(model=model.to(device), batch=batch, data=data, loss=loss, sample=sample, steps=n_steps,
-                optim=optim, ema=optim.ema > 0)
+    return dict(model=model.to(device), data=data, loss=model.loss, sample=sample, steps=n_steps,
+                optim=optim, batch=optim.batch, ema=optim.ema > 0)
 
 
-def training_step(case: dict, device, precision: str):
+def training_step(case: dict):
     """train_toy.train_stage's step with its Optim, phases labelled for the profiler; no .item()."""
     model, o = case["model"], case["optim"]
     params, groups = list(model.parameters()), getattr(model, "param_groups", model.parameters)()
@@ -201,26 +184,35 @@ def training_step(case: dict, device, precision: str):
 
 
 def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = False, n_sample: int = 8,
-                cfg: Config | None = None, precision: str = "auto", profile_steps: int = 0) -> dict:
+                cfg: Config | None = None, precision: str = "auto", profile_steps: int = 0,
+                channels_last: bool = False, compile_unet: bool = False) -> dict:
     """Measure one model (see the module docstring); peak is the matmul FLOP/s to compare with.
-    profile_steps > 0 adds "profile": {"train": breakdown, and for the decoder "sample": per step}."""
+    profile_steps > 0 adds "profile": {"train": breakdown, and for the decoder "sample": per step}.
+    The U-Nets run channels-last on CUDA (as train_toy) and with channels_last, compiled with compile_unet."""
     device, cuda = torch.device(device), torch.device(device).type == "cuda"
     torch.manual_seed(0)
-    rss = max_rss_mb()
+    rss = metrics.max_rss_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    case = build(name, cfg or Config(), device, n_sample, quick)
-    model, batch = case["model"].train(), case["batch"]
-    if cuda and name in ("decoder", "up1", "up2"):  # the U-Nets: channels-last convolutions
+    case = build(name, cfg or Config(), device, n_sample, quick, one_width=compile_unet and name == "decoder")
+    model, batch, unet = case["model"].train(), case["batch"], name in ("decoder", "up1", "up2")
+    if last := unet and (channels_last or cuda):
         model.to(memory_format=torch.channels_last)
+    with autocast(device, precision):  # as the hooks below run the net; eager, as the counter needs
+        flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
+    if compiled := unet and compile_unet:  # the same parameters; the autocast hooks go around it
+        torch._dynamo.reset()  # a fresh cache: the three U-Nets share UNet.forward's recompile limit
+        torch._dynamo.config.fail_on_recompile_limit_hit = True  # an error, not a silent fall-back to eager
+        model.net = torch.compile(model.net, dynamic=False, fullgraph=True)  # static: a graph per shape, mode
     autocast_network(getattr(model, "net", model), device, precision)
-    flops = count_flops(lambda: case["loss"](*case["data"]())) / batch  # also a warm-up step
-    step = training_step(case, device, precision)
+    step = training_step(case)
+    first_step_s = window(step, 1, device)
     step_s = median_time(step, reps, device, warmup=1 if quick else 3, min_window=0.0 if quick else 1.0)
-    mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mb() - rss
+    mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else metrics.max_rss_mb() - rss
     result = {"params": sum(p.numel() for p in model.parameters()), "batch": batch,
               "precision": resolve(device, precision), "gflop_per_example": flops / 1e9,
-              "train_step_s": step_s, "train_examples_per_s": batch / step_s,
+              "layout": "channels-last" if last else "nchw" if unet else None, "compiled": compiled,
+              "first_step_s": first_step_s, "train_step_s": step_s, "train_examples_per_s": batch / step_s,
               "peak_fraction": flops * batch / step_s / peak, "peak_mem_mb": mem,
               "peak_mem_kind": "cuda max_memory_allocated" if cuda else "process max-RSS growth",
               "sample_s_per_image": None, "sample_batch": None, "sample_steps": case["steps"]}
@@ -229,13 +221,13 @@ def bench_model(name: str, device, peak: float, reps: int = 5, quick: bool = Fal
     if case["sample"] is not None:
         model.eval()
         with torch.no_grad(), autocast(device, precision):
-            case["sample"](1)  # warm-up at batch 1
+            case["sample"](n_sample, 2)  # warm-up at the timed batch (a compiled net's shapes); ar_prior: all
             result["sample_s_per_image"] = median_time(lambda: case["sample"](n_sample), reps, device,
                                                        warmup=0) / n_sample
             if profile_steps and name == "decoder":  # the evaluation's sampling, per DDIM step
-                sample = profiled(lambda: case["sample"](n_sample, profile_steps), 1, device)
-                sample["step_s"] /= profile_steps
-                result["profile"]["sample"] = sample
+                k = max(2, profile_steps)  # a respacing needs 2 steps at least
+                sample = profiled(lambda: case["sample"](n_sample, k), 1, device)
+                result["profile"]["sample"] = sample | {"step_s": sample["step_s"] / k}
         result["sample_batch"] = n_sample
     return result
 
@@ -301,7 +293,7 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
             with autocast(device, precision):
                 return loss().float()
         return training_step({"model": m, "data": tuple, "loss": autocast_loss, "ema": False,
-                              "optim": Optim(1, 1, 1e-4)}, device, precision)
+                              "optim": Optim(1, 1, 1e-4)})
 
     def compare(name, ours, theirs, ours_fn, peer_fn, items):
         ours_fn(), peer_fn()  # warm-up
@@ -322,18 +314,7 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
     compare("prior train ex/s, width 128, depth 6, batch 256", op, pp,
             trainer(op, lambda: op.loss(zi, zt, states, mask)),
             trainer(pp, lambda: pp(text_embed=zt, image_embed=zi.clone())), 256)
-    # decoder: the peer's Unet(dim, (1, 2, 2)) with learned variance; ours the nearest of three
-    unet = peer.Unet(dim=dim, image_embed_dim=D, cond_dim=D, channels=3, dim_mults=(1, 2, 2),
-                     cond_on_text_encodings=False)
-    pd = peer.Decoder(unet=unet, image_sizes=(32,), timesteps=1000, sample_timesteps=50,
-                      learned_variance=True, image_cond_drop_prob=0.1, text_cond_drop_prob=0.5).to(device)
-    unet = pd.unets[0]  # the Decoder rebuilds the Unet it is given: patch its own copy
-    if isinstance(unet.image_to_tokens, nn.Identity):  # the library's Identity when widths match
-        unet.image_to_tokens = nn.Sequential(nn.Linear(D, 4 * D), nn.Unflatten(1, (4, D))).to(device)
-    od = min((Decoder(DecoderConfig(channels=dim, channel_mults=(1, 2, 2), num_res_blocks=b, clip_dim=D,
-                                    attention_resolutions=a, text_layers=0, learn_sigma=True))
-              for b, a in ((2, (16, 8)), (1, (16, 8)), (1, (8,)))),
-             key=lambda m: abs(count(m) - count(unet))).to(device)
+    pd, unet, od = peer_decoders(peer, dim, D, device)
     x01, emb = torch.rand(32, 3, 32, 32, device=device), unit(32, D, device)
     compare(f"decoder train img/s, width {dim}, batch 32", od, unet,
             trainer(od, lambda: od.loss(x01 * 2 - 1, emb, None, None)),
@@ -350,24 +331,42 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
         for r in rows])}
 
 
+def peer_decoders(peer, dim: int, D: int, device):
+    """DALLE2-pytorch's Decoder and its Unet(dim, (1, 2, 2)) with learned variance, and of three of
+    ours (width dim, learned variance) the one nearest its parameter count."""
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    unet = peer.Unet(dim=dim, image_embed_dim=D, cond_dim=D, channels=3, dim_mults=(1, 2, 2),
+                     cond_on_text_encodings=False)
+    pd = peer.Decoder(unet=unet, image_sizes=(32,), timesteps=1000, sample_timesteps=50,
+                      learned_variance=True, image_cond_drop_prob=0.1, text_cond_drop_prob=0.5).to(device)
+    unet = pd.unets[0]  # the Decoder rebuilds the Unet it is given: patch its own copy
+    if isinstance(unet.image_to_tokens, nn.Identity):  # the library's Identity when widths match
+        unet.image_to_tokens = nn.Sequential(nn.Linear(D, 4 * D), nn.Unflatten(1, (4, D))).to(device)
+    od = min((Decoder(DecoderConfig(channels=dim, channel_mults=(1, 2, 2), num_res_blocks=b, clip_dim=D,
+                                    attention_resolutions=a, text_layers=0, learn_sigma=True))
+              for b, a in ((2, (16, 8)), (1, (16, 8)), (1, (8,)))),
+             key=lambda m: abs(count(m) - count(unet))).to(device)
+    return pd, unet, od
+
+
 def markdown(head: list, rows: list) -> str:
     return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in [head, ["---"] * len(head), *rows])
 
 
 def table(report: dict) -> str:
     mem = "peak mem MB" if report["device"] == "cuda" else "max-RSS growth MB"
-    rows = [[name, r["precision"], f"{r['params'] / 1e6:.2f}M", f"{r['gflop_per_example']:.3g}",
+    rows = [[" ".join([name, *filter(None, [r["layout"], "compiled" * r["compiled"]])]), r["precision"],
+             f"{r['params'] / 1e6:.2f}M", f"{r['gflop_per_example']:.3g}", f"{r['first_step_s']:.3g}",
              f"{r['train_examples_per_s']:.3g}", f"{100 * r['peak_fraction']:.1f}",
              "–" if r["sample_s_per_image"] is None else f"{r['sample_s_per_image']:.3g}",
              f"{r['peak_mem_mb']:.0f}"]
             for models in report["models"].values() for name, r in models.items()]
     peaks = ", ".join(f"{p} {m['gflops']:.4g} GFLOP/s ({m['n']}x{m['n']})"
                       for p, m in report["matmul"].items())
-    head = ["model", "precision", "params", "GFLOP/example (train)", "train ex/s", "% of matmul peak",
-            "sample s/image", mem]
-    return markdown(head, rows) + (
-        f"\n\n{report['machine']}; matmul peak "
-        f"{peaks}; {report['bf16']}; median of {report['reps']} reps")
+    head = ["model", "precision", "params", "GFLOP/example (train)", "first step s", "train ex/s",
+            "% of matmul peak", "sample s/image", mem]
+    return markdown(head, rows) + (f"\n\n{report['machine']}; matmul peak {peaks}; {report['bf16']}; "
+                                   f"median of {report['reps']} reps")
 
 
 def profile_table(report: dict) -> str:
@@ -380,13 +379,14 @@ def profile_table(report: dict) -> str:
 
 
 def matmul_peaks(device, native: bool, quick: bool, reps: int) -> dict:
-    """{"fp32": {"n", "gflops"}, "bf16": ...}: the measured matmul peak of each precision."""
-    peaks = {}
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        # emulated bf16 is many times slower: a smaller matrix keeps the measurement short
-        fast = native or dtype == torch.float32
-        n = 256 if quick else 8192 if device.type == "cuda" else 2048 if fast else 1024
-        peaks[precision] = {"n": n, "gflops": matmul_peak(device, dtype, n, max(reps, 3)) / 1e9}
+    """{"fp32": {"n", "gflops"}, "bf16": ...}: each precision's measured matmul throughput, 2 n^3 FLOP per
+    [n, n] @ [n, n], median of reps (emulated bf16 is many times slower: a smaller n keeps it short)."""
+    n = {"fp32": 256 if quick else 8192 if device.type == "cuda" else 2048}
+    n["bf16"], peaks = n["fp32"] if native or quick else 1024, {}
+    for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(n[p], n[p], device=device, dtype=dtype) for _ in range(2))
+        seconds = median_time(lambda a=a, b=b: a @ b, max(reps, 3), device, warmup=2)
+        peaks[p] = {"n": n[p], "gflops": 2 * n[p] ** 3 / seconds / 1e9}
     return peaks
 
 
@@ -398,6 +398,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "both"),
                    help="autocast of the networks (diffusion.autocast); both = fp32 then bf16")
+    p.add_argument("--channels-last", action="store_true", help="the U-Nets channels-last (CUDA: always)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Nets' networks (inductor)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps per profile; 0 = no profile")
     p.add_argument("--peer", action="store_true", help="also time DALLE2-pytorch beside ours, if importable")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
@@ -431,7 +433,7 @@ def main(argv=None) -> dict:
             print(f"bench: {name} ({runs_in}) ...", file=sys.stderr, flush=True)
             report["models"].setdefault(runs_in, {})[name] = bench_model(
                 name, device, peak[runs_in]["gflops"] * 1e9, reps, args.quick, precision=runs_in,
-                profile_steps=args.profile_steps)
+                profile_steps=args.profile_steps, channels_last=args.channels_last, compile_unet=args.compile)
     print(table(report))
     if args.profile_steps > 0:
         print("\n" + profile_table(report))

@@ -208,8 +208,8 @@ class CaptionEncoder(nn.Module):
         if tokens.shape[1] > cfg.context_length:
             raise ValueError(f"caption has {tokens.shape[1]} tokens but context_length is "
                              f"{cfg.context_length}; shorten it or raise context_length")
-        if tokens.device.type != "cpu":  # the value checks below would wait for the GPU
-            return
+        if tokens.device.type != "cpu" or torch.compiler.is_compiling():
+            return  # the value checks below would wait for a GPU, or break a torch.compile graph
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}); set vocab_size "
                              "from the tokenizer that produced them")

@@ -176,7 +176,8 @@ def attention(q, k, v, mask=None, causal: bool = False):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, nh, S, S'] in bf16
     mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril() if causal else mask
-    if mask is not None and not mask.all():  # a CPU mask: no device sync; all-True masks nothing
+    # all-True masks nothing; compiling, mask.all() would break the graph
+    if mask is not None and (torch.compiler.is_compiling() or not mask.all()):
         w.masked_fill_(~mask, float("-inf"))
     return w.softmax(-1) @ v
 

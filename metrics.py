@@ -1,7 +1,7 @@
 """Measures and pictures that do not depend on the data: CLIP score, Frechet distance, PSNR, a
-captioned image grid, line charts, the machine a figure was measured on, and atomic file writes.
-train_toy.py, experiments.py, real_data.py and unclip.py share them; toy_data.py and real_data.py hold
-the data-specific readers.
+captioned image grid, line charts, the machine a figure was measured on and its peak memory, and atomic
+file writes. train_toy.py, experiments.py, real_data.py, unclip.py and bench.py share them; toy_data.py
+and real_data.py hold the data-specific readers.
 
 Symbols and names
     z_i, z_t   unit CLIP image / caption embeddings [B, D]
@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def machine(device) -> str:
     return (f"{platform.system()} {platform.machine()}, {usable_cpus()} CPUs ({cpu}), "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}"
             + (f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""))
+
+
+def max_rss_mb() -> float:
+    """The peak resident memory of this process so far, in MiB (NaN where unknown)."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return math.nan
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 def save_grid(images, captions, path, ncol: int = 8, scale: int | None = None) -> Path:

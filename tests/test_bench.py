@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import bench
 from train_toy import Config
 
-FIELDS = ("params", "batch", "gflop_per_example", "train_step_s", "train_examples_per_s",
+FIELDS = ("params", "batch", "gflop_per_example", "first_step_s", "train_step_s", "train_examples_per_s",
           "peak_fraction", "peak_mem_mb", "peak_mem_kind", "sample_s_per_image", "sample_batch",
           "sample_steps")
 
@@ -44,9 +44,11 @@ def test_median_time_calls_and_value():
     assert len(calls) > 10 and t < 0.005
 
 
-def test_matmul_peak_positive():
-    peak = bench.matmul_peak(torch.device("cpu"), n=128, reps=2)
-    assert math.isfinite(peak) and 1e7 < peak < 1e14  # between 10 MFLOP/s and 100 TFLOP/s
+def test_matmul_peaks_positive():
+    peaks = bench.matmul_peaks(torch.device("cpu"), native=False, quick=True, reps=2)
+    assert {p: m["n"] for p, m in peaks.items()} == {"fp32": 256, "bf16": 256}
+    for m in peaks.values():  # between 10 MFLOP/s and 100 TFLOP/s
+        assert math.isfinite(m["gflops"]) and 1e-2 < m["gflops"] < 1e5
 
 
 def test_quick_run_json(tmp_path, capsys):
@@ -169,3 +171,41 @@ def test_bad_only_names_the_choices():
         bench.main(["--only", "decodr"])
     with pytest.raises(ValueError, match="unknown model"):
         bench.build("nope", Config(), torch.device("cpu"), 1, True)
+
+
+def test_unet_layout_and_compile_switches(monkeypatch):
+    # channels_last puts the U-Net's convolution weights in NHWC on a CPU (default: NCHW); compile_unet hands
+    # the network, not the model, to torch.compile (here its tracing-only "eager" backend), and the autocast
+    # hooks go around the compiled wrapper: the net computes in bf16, the loss gets fp32
+    cfg = Config()
+    cfg.up1.channels, cfg.opt_up1.batch = 8, 2
+    cpu, compiled, real = torch.device("cpu"), [], torch.compile
+    fake = lambda net, **kw: compiled.append(net) or real(net, backend="eager", **kw)
+    monkeypatch.setattr(bench.torch, "compile", fake)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)  # restored: bench sets it
+    cases, step = [], bench.training_step
+    monkeypatch.setattr(bench, "training_step", lambda case: cases.append(case) or step(case))
+    for last in (False, True):
+        r = bench.bench_model("up1", cpu, peak=1e10, reps=1, quick=True, n_sample=1, cfg=cfg,
+                              precision="bf16", channels_last=last, compile_unet=last)
+        model = cases[-1]["model"]
+        weight = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert weight.is_contiguous(memory_format=torch.channels_last) == last and weight.dim() == 4
+        assert r["layout"] == ("channels-last" if last else "nchw") and r["compiled"] == last
+        assert r["first_step_s"] > 0 and r["train_examples_per_s"] > 0
+    assert isinstance(model.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled == [model.net._orig_mod]
+    dtypes = []
+    model.net._orig_mod.out.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    x = torch.rand(2, 3, cfg.up1.high_res, cfg.up1.high_res) * 2 - 1
+    assert model.loss(x).dtype == torch.float32 and dtypes == [torch.bfloat16]
+
+
+def test_profile_of_one_step_profiles_decoder_sampling():
+    # a respaced sampler needs 2 steps: --profile-steps 1 profiles 2 of them, per step
+    cfg = Config()
+    cfg.decoder.channels, cfg.decoder.head_channels, cfg.decoder.text_layers = 8, 8, 1
+    cfg.decoder.channel_mults, cfg.opt_decoder.batch = (1, 2, 2), 2
+    r = bench.bench_model("decoder", torch.device("cpu"), peak=1e10, reps=1, quick=True, n_sample=2, cfg=cfg,
+                          precision="fp32", profile_steps=1)
+    assert r["profile"]["sample"]["step_s"] > 0 and r["profile"]["train"]["step_s"] > 0

@@ -215,6 +215,16 @@ def test_cutting_the_all_padding_columns_never_changes_the_output():
     assert torch.allclose(model.net(x, t, z, tokens, mask), model.net(x, t, z, cut, cut_mask), atol=1e-5)
 
 
+def test_the_unet_traces_as_one_graph():
+    # fullgraph=True raises at a graph break: the value checks and attention's all-True-mask test are skipped
+    # while compiling, so torch.compile (bench.py --compile) sees the whole U-Net, not fragments of it
+    model = make(coords=True, clip_map=True, map_resolutions=(8,)).eval()
+    x, t, z, tokens, mask = inputs()
+    net = torch.compile(model.net, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # attention's CPU bf16 path masks
+        assert torch.equal(net(x, t, z, tokens, mask), model.net(x, t, z, tokens, mask))
+
+
 def test_masks_act_per_sample():
     # mixed masks in one batch give each row what an all-kept or all-dropped batch gives it
     model = make()
