@@ -164,8 +164,7 @@ def training_step(case: dict):
     """train_toy.train_stage's step with its Optim, phases labelled for the profiler; no .item()."""
     model, o = case["model"], case["optim"]
     params, groups = list(model.parameters()), getattr(model, "param_groups", model.parameters)()
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, o.beta2), eps=o.eps, weight_decay=o.weight_decay,
-                            foreach=True)
+    opt = o.adamw(groups, params[0].device)
     ema = [p.detach().clone() for p in params] if case["ema"] else None
 
     def step():

@@ -34,6 +34,13 @@ class Optim:
     eps: float = 1e-8  # AdamW ε
     lr_floor: float = 0.1  # the cosine decay's end, a fraction of lr
 
+    def adamw(self, groups, device: torch.device) -> torch.optim.AdamW:
+        # fused: the whole update in one kernel, 3-4x faster than foreach on a 2-core CPU (EXPERIMENTS.md,
+        # "The optimizer kernel"); where torch has no fused AdamW, foreach
+        kernel = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+        return torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, self.beta2), eps=self.eps,
+                                 weight_decay=self.weight_decay, **kernel)
+
 
 @dataclass
 class Sampling:

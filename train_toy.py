@@ -173,9 +173,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params, ema_params = list(model.parameters()), list(ema.parameters())
     groups = model.param_groups() if hasattr(model, "param_groups") else params
-    # foreach: one kernel per operation over all tensors (fused differs from it in the last bit on a CPU)
-    opt = torch.optim.AdamW(groups, lr=oc.lr, betas=(0.9, oc.beta2), eps=oc.eps, weight_decay=oc.weight_decay,
-                            foreach=True)
+    opt = oc.adamw(groups, run.device)
     start, history, spent = 0, [], 0.0
     if run.resume and path.exists():
         start, history, spent = resume_from(path, model, ema, opt, run, oc.steps)

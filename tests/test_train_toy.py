@@ -243,6 +243,19 @@ def test_clip_trains_with_its_own_adamw_settings_and_a_schedule_to_zero(finished
     assert all(torch.equal(model[k], v) for k, v in ck["state_dict"].items())  # EMA 0: the last weights
 
 
+def test_adamw_is_one_fused_kernel_and_takes_the_closed_form_first_step():
+    oc = train_config.Optim(steps=1, batch=1, lr=0.1, weight_decay=0.5)
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = oc.adamw([p], torch.device("cpu"))
+    assert opt.defaults["fused"] and not opt.defaults["foreach"]
+    p.grad = torch.tensor([0.5, -4.0, 0.0])
+    opt.step()
+    # the first step's bias-corrected m / sqrt(v) is g / |g| (0 where g = 0), after the decoupled decay
+    expected = torch.tensor([1.0, -2.0, 3.0]) * (1 - 0.1 * 0.5) - 0.1 * torch.tensor([1.0, -1.0, 0.0])
+    assert torch.allclose(p.detach(), expected, atol=1e-6)
+    assert oc.adamw([p], torch.device("mps")).defaults["foreach"]  # fused only where torch has it
+
+
 def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeypatch):
     done, _ = finished_run
     out = tmp_path / "run"
