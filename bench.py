@@ -37,6 +37,7 @@ from decoder import Decoder, DecoderConfig
 from diffusion import autocast, autocast_network, cpu_has_native_bf16
 from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig, trim_padding
 from toy_data import make_caption, sample_scene
+from train_config import reuse_freed_memory
 from train_toy import Config, Optim, as_float
 from upsample import Upsampler, resize
 
@@ -72,9 +73,8 @@ def window(fn, calls: int, device) -> float:
 
 
 def median_time(fn, reps: int, device, warmup: int = 1, min_window: float = 0.0) -> float:
-    """Median seconds per call of fn over `reps` timed windows, after `warmup` untimed calls.
-    With min_window > 0, a window repeats fn until it lasts about that long (one more untimed
-    call measures how many that takes), so fast steps are not lost in timer noise."""
+    """Median seconds per call of fn over `reps` timed windows, after `warmup` untimed calls. With
+    min_window > 0, a window repeats fn until it lasts about that long (one untimed call counts how many)."""
     for _ in range(warmup):
         fn()
     calls = max(1, math.ceil(min_window / max(window(fn, 1, device), 1e-9))) if min_window > 0 else 1
@@ -410,6 +410,7 @@ def main(argv=None) -> dict:
     reps = args.reps or (1 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as train_toy: ours and the peer's alike
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cuda":  # as train_toy: TF32 matmuls

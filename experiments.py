@@ -408,6 +408,7 @@ def settings(argv: list) -> tuple:
     p = parser().parse_args(argv)
     if p.threads:
         torch.set_num_threads(p.threads)
+    train_config.reuse_freed_memory()  # as train_toy's runs
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     steps, scales = numbers(p.steps), numbers(p.scales, float)
     if p.per_caption < 2 or (p.n is not None and p.n < 2) or not steps or not scales or p.bank < 1:

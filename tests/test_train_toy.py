@@ -256,6 +256,35 @@ def test_adamw_is_one_fused_kernel_and_takes_the_closed_form_first_step():
     assert oc.adamw([p], torch.device("mps")).defaults["foreach"]  # fused only where torch has it
 
 
+FAULTS = """
+import resource, sys, torch
+import train_config
+if sys.argv[1] == "reuse":
+    assert train_config.reuse_freed_memory()
+else:  # glibc's initial threshold, held there: every 16 MiB block is a fresh mapping
+    train_config.ctypes.CDLL(None).mallopt(-3, 128 << 10)
+def step():  # eight 16 MiB blocks written and freed, as a step's activations are
+    blocks = [torch.ones(4 << 20) for _ in range(8)]
+    del blocks
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_freed_step_memory_is_reused_without_new_page_faults():
+    # A step writes 32 768 pages. Mapped afresh (the control) each step faults them all in again; glibc's
+    # default thresholds move with what was freed and land between the two; reuse_freed_memory() keeps them.
+    root = Path(__file__).resolve().parent.parent
+    faults = {arm: float(subprocess.run([sys.executable, "-c", FAULTS, arm], cwd=root, check=True,
+                                        capture_output=True, text=True).stdout.split()[-1])
+              for arm in ("mapped", "reuse")}
+    assert faults["mapped"] > 30000 and faults["reuse"] < 3000, faults
+
+
 def test_nan_loss_stops_and_keeps_the_checkpoint(finished_run, tmp_path, monkeypatch):
     done, _ = finished_run
     out = tmp_path / "run"
