@@ -410,10 +410,10 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
 def reuse_freed_memory() -> bool:
     """Let glibc's allocator keep the memory a CPU step frees, for the next step to reuse. By default it maps
     each block over its mmap threshold afresh and returns the heap's free top past its trim threshold, so a
-    step's activations (1-30 MB each at the toy sizes) fault in new zeroed pages every step: ~40 000 faults,
-    about a tenth of a 64-wide decoder step on 2 cores. Raising both (mmap's to its 32 MiB ceiling; at most
-    1 GiB kept free) stops that; peak memory is unchanged, as what is kept was in use at the peak. True if
-    set; False off Linux or off glibc."""
+    step whose activations free more than 64 MiB at once faults in new zeroed pages every step: ~45 000
+    faults, 2-15% of a 64-wide decoder step on 2 cores (EXPERIMENTS.md, "Freed memory"). Raising both (mmap's
+    to its 32 MiB ceiling; at most 1 GiB kept free) stops that; peak memory is unchanged, as what is kept was
+    in use at the peak. True if set; False off Linux or off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt if sys.platform == "linux" else None  # the process's C library
     except (OSError, AttributeError):

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import socket
@@ -274,7 +275,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_freed_step_memory_is_reused_without_new_page_faults():
     # A step writes 32 768 pages. Mapped afresh (the control) each step faults them all in again; glibc's
     # default thresholds move with what was freed and land between the two; reuse_freed_memory() keeps them.
