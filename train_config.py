@@ -411,8 +411,8 @@ def reuse_freed_memory() -> bool:
     """Let glibc's allocator keep the memory a CPU step frees, for the next step to reuse. By default it maps
     each block over its mmap threshold afresh and returns the heap's free top past its trim threshold, so a
     step whose activations free more than 64 MiB at once faults in new zeroed pages every step: ~45 000
-    faults, 2-15% of a 64-wide decoder step on 2 cores (EXPERIMENTS.md, "Freed memory"). Raising both (mmap's
-    to its 32 MiB ceiling; at most 1 GiB kept free) stops that; peak memory is unchanged, as what is kept was
+    faults, 2-10% of a 64-wide decoder step on 2 cores (EXPERIMENTS.md, "Freed memory"). Raising both (mmap's
+    to its 32 MiB ceiling; at most 1 GiB kept free) stops that; peak memory barely moves: what is kept was
     in use at the peak. True if set; False off Linux or off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt if sys.platform == "linux" else None  # the process's C library
