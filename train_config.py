@@ -406,7 +406,6 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
     return stages, device, rank, world
 
 
-# ----------------------------------------------------------------------------- experiments.py's option values
 def reuse_freed_memory() -> bool:
     """Let glibc's allocator keep the memory a CPU step frees, for the next step to reuse. By default it maps
     each block over its mmap threshold afresh and returns the heap's free top past its trim threshold, so a
@@ -422,6 +421,7 @@ def reuse_freed_memory() -> bool:
     return mallopt is not None and bool(mallopt(mmap, 32 << 20) and mallopt(trim, 1 << 30))
 
 
+# ----------------------------------------------------------------------------- experiments.py's option values
 def parse_pairs(text: str) -> list:
     """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
     pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
