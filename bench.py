@@ -277,21 +277,19 @@ def profiled(fn, calls: int, device) -> dict:
     return breakdown(prof, cuda)
 
 
-def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
-    """Our diffusion prior and decoder beside DALLE2-pytorch's at the nearest parameter count, in
-    one process, interleaved (ours, peer, ours, ...), each ratio taken pair by pair on the same
-    machine state. {"skipped": reason} when the package is not importable here."""
+def peer_comparison(device, precision: str, rounds: int, quick: bool, compile_unet=False) -> dict:
+    """Our diffusion prior and decoder (its net compiled with compile_unet; the peer's eager) beside
+    DALLE2-pytorch's at the nearest parameter count, in one process, interleaved (ours, peer, ours, ...),
+    each ratio taken pair by pair on the same machine state. {"skipped": reason} when not importable."""
     if importlib.util.find_spec("dalle2_pytorch") is None:
         return {"skipped": "dalle2_pytorch is not importable in this interpreter; install it in a "
                            "separate environment (never a dependency of this project) and run there"}
     import dalle2_pytorch as peer
     count, D, dim, rows = lambda m: sum(p.numel() for p in m.parameters()), 128, 32 if quick else 64, []
 
-    def trainer(m, loss):  # both models' whole loss under the precision's autocast
-        def autocast_loss():
-            with autocast(device, precision):
-                return loss().float()
-        return training_step({"model": m, "data": tuple, "loss": autocast_loss, "ema": False,
+    def trainer(m, loss):  # both models' whole loss under the precision's autocast, handed on in fp32
+        loss = autocast(device, precision)(loss)
+        return training_step({"model": m, "data": tuple, "loss": lambda: loss().float(), "ema": False,
                               "optim": Optim(1, 1, 1e-4)})
 
     def compare(name, ours, theirs, ours_fn, peer_fn, items):
@@ -314,13 +312,17 @@ def peer_comparison(device, precision: str, rounds: int, quick: bool) -> dict:
             trainer(op, lambda: op.loss(zi, zt, states, mask)),
             trainer(pp, lambda: pp(text_embed=zt, image_embed=zi.clone())), 256)
     pd, unet, od = peer_decoders(peer, dim, D, device)
+    if how := ", compiled" * compile_unet:  # as bench_model compiles it; the peer's runs eager
+        torch._dynamo.reset()
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+        od.net = torch.compile(od.net, dynamic=False, fullgraph=True)
     x01, emb = torch.rand(32, 3, 32, 32, device=device), unit(32, D, device)
-    compare(f"decoder train img/s, width {dim}, batch 32", od, unet,
+    compare(f"decoder train img/s, width {dim}, batch 32{how}", od, unet,
             trainer(od, lambda: od.loss(x01 * 2 - 1, emb, None, None)),
             trainer(pd, lambda: pd(x01, image_embed=emb)), 32)
     od.eval(), pd.eval()
     with torch.no_grad(), autocast(device, precision):
-        compare(f"decoder sample img/s, 4 images, 50 DDIM steps, no guidance, width {dim}", od, unet,
+        compare(f"decoder sample img/s, 4 images, 50 DDIM steps, no guidance, width {dim}{how}", od, unet,
                 lambda: od.sample(emb[:4], None, None, steps=50, guidance_scale=1.0, eta=0.0),
                 lambda: pd.sample(image_embed=emb[:4]), 4)
     head = ["DALLE2-pytorch beside ours", "params ours / peer", "ours /s", "peer /s", "speedup (min–max)"]
@@ -398,7 +400,7 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "both"),
                    help="autocast of the networks (diffusion.autocast); both = fp32 then bf16")
     p.add_argument("--channels-last", action="store_true", help="the U-Nets channels-last (CUDA: always)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Nets' networks (inductor)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Nets (inductor; --peer: ours)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps per profile; 0 = no profile")
     p.add_argument("--peer", action="store_true", help="also time DALLE2-pytorch beside ours, if importable")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
@@ -425,20 +427,17 @@ def main(argv=None) -> dict:
     report["bf16"] = (f"bf16 {'native' if native else 'emulated (no AVX512-BF16/AMX)'} on this "
                       f"{device.type}: its matmul {ratio:.3g}x fp32's")
     print(report["bf16"], file=sys.stderr, flush=True)
-    for precision in precisions:
-        for name in names:  # train_toy trains CLIP in fp32: its one row is in the first pass
-            if name == "clip" and precision != precisions[0]:
-                continue
-            runs_in, peak = ("fp32" if name == "clip" else precision), report["matmul"]
-            print(f"bench: {name} ({runs_in}) ...", file=sys.stderr, flush=True)
-            report["models"].setdefault(runs_in, {})[name] = bench_model(
-                name, device, peak[runs_in]["gflops"] * 1e9, reps, args.quick, precision=runs_in,
-                profile_steps=args.profile_steps, channels_last=args.channels_last, compile_unet=args.compile)
+    # train_toy trains CLIP in fp32: its one row, in the first pass
+    for runs_in, name in dict.fromkeys(("fp32" if n == "clip" else p, n) for p in precisions for n in names):
+        print(f"bench: {name} ({runs_in}) ...", file=sys.stderr, flush=True)
+        report["models"].setdefault(runs_in, {})[name] = bench_model(
+            name, device, report["matmul"][runs_in]["gflops"] * 1e9, reps, args.quick, precision=runs_in,
+            profile_steps=args.profile_steps, channels_last=args.channels_last, compile_unet=args.compile)
     print(table(report))
     if args.profile_steps > 0:
         print("\n" + profile_table(report))
     if args.peer:
-        report["peer"] = peer_comparison(device, precisions[0], reps, args.quick)
+        report["peer"] = peer_comparison(device, precisions[0], reps, args.quick, args.compile)
         print("\n" + report["peer"].get("skipped", report["peer"].get("table")))
     if args.json:
         with open(args.json, "w") as f:

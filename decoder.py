@@ -47,8 +47,7 @@ class UNetConfig:
     # Not in [GLIDE]: z_i also projected to a map at the lowest resolution, added at the middle block
     # (as a DCGAN starts from its latent); without it a small net learns z_i -> layout slowly
     clip_map: bool = False
-    # with clip_map, z_i maps also where the down path enters these sizes (EXPERIMENTS.md, "Decoder recipes")
-    map_resolutions: tuple[int, ...] = ()
+    map_resolutions: tuple[int, ...] = ()  # clip_map also where the down path enters these (EXPERIMENTS.md)
     text_layers: int = 0  # depth of the caption Transformer; 0 = no caption conditioning
     text_width: int = 64  # width of caption states and of every context token
     text_heads: int = 4  # attention heads in the caption Transformer
@@ -149,8 +148,8 @@ class AttentionBlock(nn.Module):
         if context is not None:
             ck, cv = self.context_kv(context).chunk(2, dim=-1)  # each [B, K, C]
             k, v = torch.cat([k, ck], dim=1), torch.cat([v, cv], dim=1)  # [B, HW+K, C]
-            # [B, 1, 1, HW+K]: the spatial keys are always visible, the context ones where unmasked
-            attn_mask = F.pad(context_mask, (H * W, 0), value=True)[:, None, None, :]
+            if context_mask is not None:  # [B, 1, 1, HW+K]: spatial keys visible, context ones where unmasked
+                attn_mask = F.pad(context_mask, (H * W, 0), value=True)[:, None, None, :]
         q, k, v = (a.reshape(B, a.shape[1], self.heads, -1).transpose(1, 2) for a in (q, k, v))
         h = attention(q, k, v, attn_mask)  # [B, nh, HW, hs]
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))  # [B, HW, C]
@@ -276,7 +275,9 @@ class UNet(nn.Module):
                                  zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
-        """-> emb [B, E], context [B, K, W] and context_mask [B, K] (or None, None), √D z_i or None."""
+        """-> emb [B, E], context [B, K, W] and context_mask [B, K] (or None, None), √D z_i or None.
+        No caption, no mask: z_i's tokens are always visible, and a compiled graph would apply an all-True
+        one all the same (on a CPU its masked softmax takes 2.5x the plain one's time)."""
         cfg, B = self.cfg, t.shape[0]
         emb = self.time_embed(timestep_embedding(t, cfg.channels))  # [B, E]
         ones = torch.ones(B, dtype=torch.bool, device=t.device)
@@ -307,9 +308,8 @@ class UNet(nn.Module):
             context_mask.append(ones[:, None].expand(B, cfg.clip_tokens))
         elif z_i is not None:
             raise ValueError("z_i given, but this UNet has clip_dim=0; pass z_i=None")
-        if not context:
-            return emb, None, None, z
-        return emb, torch.cat(context, dim=1), torch.cat(context_mask, dim=1), z
+        context = torch.cat(context, dim=1) if context else None
+        return emb, context, None if tokens is None else torch.cat(context_mask, dim=1), z
 
     def forward(self, x_t, t, z_i=None, tokens=None, mask=None, keep_image=None, keep_text=None):
         cfg = self.cfg

@@ -151,7 +151,7 @@ def test_image_projections_are_learned_even_when_widths_match():
     model = make()
     x, t, z, tokens, mask = inputs()
     emb, ctx, ctx_mask, z_scaled = model.net.condition(t, z, None, None, None, None)
-    assert ctx.shape == (4, 4, 16) and ctx_mask.all()
+    assert ctx.shape == (4, 4, 16) and ctx_mask is None  # z_i's tokens alone: always visible
     cos = nn.functional.cosine_similarity(ctx, z[:, None], dim=-1)  # [B, 4]
     assert cos.abs().max() < 0.9  # no token is a multiple of z_i
     assert (ctx[:, 0] - ctx[:, 1]).abs().max() > 1e-2  # the tokens differ from each other
@@ -223,6 +223,31 @@ def test_the_unet_traces_as_one_graph():
     net = torch.compile(model.net, backend="eager", fullgraph=True, dynamic=False)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # attention's CPU bf16 path masks
         assert torch.equal(net(x, t, z, tokens, mask), model.net(x, t, z, tokens, mask))
+
+
+def test_image_only_context_is_unmasked_and_attends_every_key(monkeypatch):
+    # without a caption z_i's tokens are the whole context and always visible: the U-Net passes no mask
+    # (a compiled graph would apply an all-True one), and the block is softmax(q k^T / sqrt(hs)) v over
+    # the HW spatial keys and the K context ones, written out here with one head
+    import decoder
+    seen, real = [], decoder.attention
+    monkeypatch.setattr(decoder, "attention", lambda q, k, v, mask=None: seen.append(mask) or real(q, k, v))
+    model = make(text_layers=0)
+    x, t, z, _, _ = inputs()
+    model.net(x, t, z)
+    assert seen and all(m is None for m in seen)
+    torch.manual_seed(0)
+    block = AttentionBlock(8, 8, context_width=5)
+    nn.init.normal_(block.proj.weight)  # zero-initialised: the branch would vanish
+    x, ctx = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 5)
+    tok = block.norm(x).flatten(2).transpose(1, 2)  # [B, 9, 8]
+    q, k, v = block.qkv(tok).chunk(3, dim=-1)
+    ck, cv = block.context_kv(ctx).chunk(2, dim=-1)
+    k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)
+    h = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1) @ v
+    want = x + block.proj(h).transpose(1, 2).reshape(2, 8, 3, 3)
+    assert torch.allclose(block(x, ctx, None), want, atol=1e-5)
+    assert torch.allclose(block(x, ctx, torch.ones(2, 4, dtype=torch.bool)), want, atol=1e-5)
 
 
 def test_masks_act_per_sample():
