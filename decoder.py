@@ -275,7 +275,7 @@ class UNet(nn.Module):
                                  zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
-        """-> emb [B, E], context [B, K, W] and context_mask [B, K] (or None, None), √D z_i or None.
+        """-> emb [B, E], context [B, K, W] or None, context_mask [B, K] or None, √D z_i or None.
         No caption, no mask: z_i's tokens are always visible, and a compiled graph would apply an all-True
         one all the same (on a CPU its masked softmax takes 2.5x the plain one's time)."""
         cfg, B = self.cfg, t.shape[0]

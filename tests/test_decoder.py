@@ -231,11 +231,13 @@ def test_image_only_context_is_unmasked_and_attends_every_key(monkeypatch):
     # the HW spatial keys and the K context ones, written out here with one head
     import decoder
     seen, real = [], decoder.attention
-    monkeypatch.setattr(decoder, "attention", lambda q, k, v, mask=None: seen.append(mask) or real(q, k, v))
+    spy = lambda q, k, v, mask=None, **kw: seen.append(mask) or real(q, k, v, mask, **kw)
+    monkeypatch.setattr(decoder, "attention", spy)
     model = make(text_layers=0)
     x, t, z, _, _ = inputs()
     model.net(x, t, z)
     assert seen and all(m is None for m in seen)
+    monkeypatch.undo()
     torch.manual_seed(0)
     block = AttentionBlock(8, 8, context_width=5)
     nn.init.normal_(block.proj.weight)  # zero-initialised: the branch would vanish
@@ -243,11 +245,15 @@ def test_image_only_context_is_unmasked_and_attends_every_key(monkeypatch):
     tok = block.norm(x).flatten(2).transpose(1, 2)  # [B, 9, 8]
     q, k, v = block.qkv(tok).chunk(3, dim=-1)
     ck, cv = block.context_kv(ctx).chunk(2, dim=-1)
-    k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)
-    h = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1) @ v
-    want = x + block.proj(h).transpose(1, 2).reshape(2, 8, 3, 3)
+
+    def out(k, v):  # one head of width 8
+        h = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1) @ v
+        return x + block.proj(h).transpose(1, 2).reshape(x.shape)
+    want = out(torch.cat([k, ck], 1), torch.cat([v, cv], 1))
     assert torch.allclose(block(x, ctx, None), want, atol=1e-5)
     assert torch.allclose(block(x, ctx, torch.ones(2, 4, dtype=torch.bool)), want, atol=1e-5)
+    none = torch.zeros(2, 4, dtype=torch.bool)  # every context token masked: the spatial keys alone
+    assert torch.allclose(block(x, ctx, none), out(k, v), atol=1e-5)
 
 
 def test_masks_act_per_sample():
