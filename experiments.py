@@ -1,5 +1,5 @@
 """The paper's experiments on the trained toy stack, one command each, and each module measured
-on its own (EXPERIMENTS.md holds the tables of a run whose decoder trains 6000 steps of 16).
+on its own (EXPERIMENTS.md holds the tables of the default run and of a second recipe).
 
     python experiments.py prior    --run runs/toy  # [unCLIP] 5.1: diffusion/AR prior, z_t, caption only
     python experiments.py variance --run runs/toy  # [IDDPM]: learned vs fixed Sigma, bits/dim, 10-250 steps
