@@ -61,8 +61,8 @@ class UNetConfig:
         low = {self.image_size >> k for k in range(1, len(self.channel_mults))}
         if self.map_resolutions and not (self.clip_map and set(self.map_resolutions) <= low):
             raise ValueError(f"map_resolutions {self.map_resolutions} needs clip_map, sizes in {sorted(low)}")
-        if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 1:
-            raise ValueError("need channels >= 1, num_res_blocks >= 1, non-empty channel_mults")
+        if not self.channel_mults or self.num_res_blocks < 1 or self.channels < 2 or self.channels % 2:
+            raise ValueError("need even channels >= 2, num_res_blocks >= 1, non-empty channel_mults")
         if self.clip_map and not self.clip_dim:
             raise ValueError("clip_map needs clip_dim > 0 (a z_i to project)")
         if self.text_layers and self.text_width % self.text_heads:
@@ -200,13 +200,12 @@ class CaptionEncoder(nn.Module):
         return x, self.to_emb(x[torch.arange(B, device=x.device), last])  # [B,L,W], [B,E]
 
     def check(self, tokens, mask, keep):
-        cfg = self.cfg
-        if tokens.dim() != 2 or mask is None or mask.shape != tokens.shape or mask.dtype != torch.bool:
-            raise ValueError("tokens must be int64 [B, L] with a bool mask of the same shape "
+        cfg, ok = self.cfg, tokens.dim() == 2 and len(tokens) == len(keep) and mask is not None
+        if not ok or mask.shape != tokens.shape or mask.dtype != torch.bool:
+            raise ValueError(f"tokens must be int64 [B={len(keep)}, L] with a bool mask of the same shape "
                              "(use FrozenCLIP.tokenize)")
         if tokens.shape[1] > cfg.context_length:
-            raise ValueError(f"caption has {tokens.shape[1]} tokens but context_length is "
-                             f"{cfg.context_length}; shorten it or raise context_length")
+            raise ValueError(f"caption has {tokens.shape[1]} tokens, context_length {cfg.context_length}")
         if tokens.device.type != "cpu" or torch.compiler.is_compiling():
             return  # the value checks below would wait for a GPU, or break a torch.compile graph
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
@@ -275,9 +274,8 @@ class UNet(nn.Module):
                                  zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def condition(self, t, z_i, tokens, mask, keep_image, keep_text):
-        """-> emb [B, E], context [B, K, W] or None, context_mask [B, K] or None, √D z_i or None.
-        No caption, no mask: z_i's tokens are always visible, and a compiled graph would apply an all-True
-        one all the same (on a CPU its masked softmax takes 2.5x the plain one's time)."""
+        """-> emb [B, E], context [B, K, W] | None, context_mask [B, K] | None, √D z_i | None. No caption, no
+        mask: z_i's tokens are always visible (a compiled all-True mask still costs 2.5x on a CPU)."""
         cfg, B = self.cfg, t.shape[0]
         emb = self.time_embed(timestep_embedding(t, cfg.channels))  # [B, E]
         ones = torch.ones(B, dtype=torch.bool, device=t.device)
@@ -411,10 +409,12 @@ class Decoder(nn.Module):
         """Images [B, C, S, S] in [-1, 1] from z_i [B, D] and/or a caption (tokens, mask [B, L]).
         steps: respaced sampling [IDDPM] Sec. 4 (the paper uses 250). eta=None is ancestral sampling
         with the learned variance, eta=float DDIM [DDIM] Eq. 12. noise: x_T. Call .eval() first."""
-        B = next((a.shape[0] for a in (z_i, tokens, noise) if a is not None), None)
-        if B is None:
-            raise ValueError("give z_i, tokens or noise: the batch size comes from one of them")
-        shape = (B, self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
+        sizes = {a.shape[0] for a in (z_i, tokens, noise) if a is not None}  # the batch size
+        if len(sizes) != 1:
+            raise ValueError(f"give z_i, tokens or noise, of one batch size (got sizes {sorted(sizes)})")
+        shape = (sizes.pop(), self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
+        if noise is not None and tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be x_T {list(shape)}, got {list(noise.shape)}")
         model_fn = self._model_fn(z_i, tokens, mask, guidance_scale)
         return self.diffusion.respace(steps).sample(model_fn, shape, eta=eta, noise=noise,
                                                     generator=generator, clip="static", progress=progress)
@@ -438,9 +438,9 @@ class Decoder(nn.Module):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not a decoder checkpoint (no config/state_dict)")
-        unknown = sorted(set(ckpt["config"]) - {f.name for f in fields(DecoderConfig)})
-        if unknown:
-            raise ValueError(f"{path}: config fields {unknown} are not DecoderConfig's (another model's?)")
+        odd = sorted(set(ckpt["config"]) ^ {f.name for f in fields(DecoderConfig)})  # a missing one would
+        if odd:  # silently take its default (e.g. mean_type), and the weights would still load
+            raise ValueError(f"{path}: config fields {odd} are not DecoderConfig's (another model/version?)")
         model = cls(DecoderConfig(**ckpt["config"]))
         try:
             model.load_state_dict(ckpt["state_dict"])

@@ -199,8 +199,8 @@ class GaussianDiffusion(nn.Module):
         if var_type not in VAR_TYPES:
             raise ValueError(f"var_type must be one of {VAR_TYPES}, got {var_type!r}")
         betas = torch.as_tensor(betas, dtype=torch.float64)
-        if betas.dim() != 1 or len(betas) < 2 or not ((betas > 0) & (betas <= 1)).all():
-            raise ValueError("betas must be a 1-D tensor of at least 2 values in (0, 1]")
+        if betas.dim() != 1 or len(betas) < 2 or not ((betas > 0) & (betas < 1)).all():  # β = 1: ᾱ = 0
+            raise ValueError("betas must be a 1-D tensor of at least 2 values in (0, 1) (linear_betas: T>20)")
         self.mean_type, self.var_type = mean_type, var_type
         self.num_timesteps = T = len(betas)
 

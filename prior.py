@@ -159,6 +159,8 @@ class _Prior(nn.Module):
     def load(cls, path, map_location="cpu"):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         expected = {f.name for f in fields(cls.config_class)}
+        if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= ckpt.keys():
+            raise ValueError(f"{path} is not a {cls.__name__} checkpoint (no config/state_dict)")
         if set(ckpt["config"]) != expected:
             raise ValueError(
                 f"{path} is not a {cls.__name__} checkpoint of this version: its config has fields "

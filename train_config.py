@@ -151,7 +151,7 @@ class Config:
 # separated its embeddings, and every later stage then reads the captions at chance. Its decoder:
 # 300 steps of 16, 32 channels wide at 32x32; toy_config's 16 channels draw colour in 8 of the 24
 # captions after so few steps (--quick --tokenizer byte --decoder.channels 16 --decoder.channel_mults
-# 1,4,4, 2026-12-07, the AMD VM of README's "Two commands"), the 32 in 19 (21 with BPE tokens).
+# 1,4,4, 2026-12-07, a 2-core AMD EPYC Zen 4 VM), the 32 in 19 (21 with BPE tokens).
 QUICK = {"out": "runs/quick", "train_size": 2000, "eval_size": 24,
          "opt_clip.steps": 400, "opt_clip.batch": 64, "opt_prior.steps": 200, "opt_ar_prior.steps": 200,
          "opt_decoder.steps": 300, "opt_decoder.batch": 16, "decoder.channels": 32,

@@ -7,9 +7,10 @@ or two upsamplers enlarge it to 2S, 4S ([unCLIP] Fig. 2). Stages: "prior", "deco
 This file only composes the modules below it: the math lives there."""
 
 import contextlib
+import math
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from itertools import count
 
 import torch
@@ -138,6 +139,10 @@ class UnCLIP:
                     else [upsampler_steps] * len(ups))
         if len(up_steps) < len(ups):
             raise ValueError(f"upsampler_steps={upsampler_steps}: need one per upsampler")
+        _ = [need("upsampler_steps", s, 2) for s in up_steps[:len(ups)] if s is not None]
+        if isinstance(decoder_guidance, bool) or not isinstance(decoder_guidance, int | float) \
+                or not math.isfinite(decoder_guidance):  # NaN would turn every image NaN
+            raise ValueError(f"decoder_guidance must be a finite number, got {decoder_guidance!r}")
         up_noise = [None if fixed is None else torch.randn((1, 3, up.cfg.high_res, up.cfg.high_res),
                                                            generator=fixed) for up in ups]
         report = lambda stage: progress and (lambda i, k: progress(stage, i, k))  # for a sampler
@@ -171,8 +176,9 @@ class UnCLIP:
         """Text -> images [unCLIP] Sec. 2: z_i ~ prior(y), x ~ decoder(z_i, y), then upsamplers.
         -> {"z_i": [K n, D], "decoder": [K n, 3, S, S], "up1", "up2", "images": the image tensors in
         cascade order} up to `stages`, image j of caption k in row k n + j, its noise from a generator
-        seeded seed + 10000 k + j. eta: the decoder's sampler (None ancestral, float DDIM). embedding:
-        "prior", or a baseline of [unCLIP] Sec. 5.1: "text" (z_t as z_i, zero-shot), "none" (caption)."""
+        seeded seed + max(10000, n) k + j. eta: the decoder's sampler (None ancestral, float DDIM).
+        embedding: "prior", or a baseline of [unCLIP] Sec. 5.1: "text" (z_t as z_i, zero-shot), "none"
+        (the caption alone)."""
         captions = [captions] if isinstance(captions, str) else list(captions)
         if embedding not in ("prior", "text", "none"):
             raise ValueError(f"embedding must be 'prior', 'text' or 'none', got {embedding!r}")
@@ -192,7 +198,8 @@ class UnCLIP:
                 z_i = self._sample_prior(z_t[k], states[k], mask[k], prior_steps, prior_guidance,
                                          candidates, gens, options.get("progress"))
             return (z_i, tokens[k], cut[k], None) if text else (z_i, None, None, None)
-        seeds = [seed + 10_000 * k + j for k in range(len(captions)) for j in range(n)]
+        stride = max(10_000, n)  # no two images share a seed, and n <= 10000 keeps its images
+        seeds = [seed + stride * k + j for k in range(len(captions)) for j in range(n)]
         return self._decode(rows, seeds, eta, **options)
 
     def _latents(self, images, invert=True, decoder_steps=50, decoder_guidance=3.0, precision=None, **_):
@@ -234,6 +241,8 @@ class UnCLIP:
                   seed=0, **options):
         """[unCLIP] Sec. 3.3: z_d = norm(z_t(new) - z_t(old)); frame θ decodes slerp(z_i, z_d, θ) with
         DDIM η = 0 from the image's x_T, so θ = 0 reconstructs it. The seed fixes the upsamplers' noise."""
+        if not len(thetas):
+            raise ValueError("thetas is empty: give the θ of each frame, e.g. (0.0, 0.25, 0.5)")
         z_i, x_T = self._latents([image], True, **options)
         with self._autocast(**options):
             z_t = self.clip.encode_text([old_caption, new_caption])[0]  # [2, D]
@@ -281,6 +290,8 @@ def _read(path) -> dict:
 
 def _build(cls, config_cls, entry, what: str, where):
     try:
+        if missing := {f.name for f in fields(config_cls)} - set(entry["config"]):  # would take defaults
+            raise KeyError(f"config fields {sorted(missing)} missing")
         module = cls(config_cls(**entry["config"]))
         module.load_state_dict(entry["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. no "config", other shapes

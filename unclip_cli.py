@@ -83,6 +83,8 @@ def check_args(args) -> None:
     if bool(args.captions) == bool(args.variations or args.interpolate or args.text_diff):
         raise ValueError('give a caption, e.g. "a red circle", or one of --variations, --interpolate '
                          "and --text-diff, not both (see --help)")
+    if not args.out.lower().endswith(".png"):  # the grid is written as a PNG whatever the name says
+        raise ValueError(f"--out must name a .png file, got {args.out}")
     if args.out_dir and os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
         raise ValueError(f"--out-dir {args.out_dir} is not empty: give a new or empty folder")
     if not all(caption.strip() for caption in args.captions + (args.text_diff[1:] if args.text_diff else [])):
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", help="also each image as it is made, into a new folder (K_J.png: caption K)")
     p.add_argument("--batch-size", type=int, default=BATCH, help=f"images at once (default {BATCH}): memory "
                    "grows with it, not with --n; the images do not depend on it")
-    p.add_argument("--seed", type=int, default=0, help="image j of caption k uses seed + 10000 k + j")
+    p.add_argument("--seed", type=int, default=0, help="image j of caption k uses seed + max(10000, n) k + j")
     p.add_argument("--prior-steps", type=int, default=64)
     p.add_argument("--steps", type=int, default=50, help="decoder steps (default 50)")
     p.add_argument("--upsampler-steps", type=int, nargs="+", help="one value, or one per stage")

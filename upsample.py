@@ -25,7 +25,7 @@ Symbols:
 
 import io
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -308,6 +308,8 @@ class Upsampler(nn.Module):
         if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= ckpt.keys():
             raise ValueError(f"{path} is not an Upsampler checkpoint (no config/state_dict)")
         try:
+            if missing := {f.name for f in fields(UpsamplerConfig)} - set(ckpt["config"]):  # not defaults
+                raise TypeError(f"missing fields {sorted(missing)}")
             model = cls(UpsamplerConfig(**ckpt["config"]))
         except TypeError as err:
             raise ValueError(f"{path}: config does not fit UpsamplerConfig ({err}); it was "

@@ -324,6 +324,10 @@ def test_load_rejects_a_state_dict_from_another_config(tmp_path):
     torch.save({**ckpt, "config": {**ckpt["config"], "low_res": 8}}, path)
     with pytest.raises(ValueError, match="low_res"):
         Decoder.load(str(path))
+    # a missing field would silently take its default while the weights still fit
+    torch.save({**ckpt, "config": {k: v for k, v in ckpt["config"].items() if k != "mean_type"}}, path)
+    with pytest.raises(ValueError, match="mean_type"):
+        Decoder.load(str(path))
 
 
 def test_conv_only_unet_with_in_ne_out_channels_at_two_sizes():
@@ -361,6 +365,15 @@ def test_bad_input_gets_a_clear_error():
         model.net(x, t, z[:, :8], tokens, mask)
     with pytest.raises(ValueError, match="out_channels"):
         Decoder(DecoderConfig(**{**TINY, "out_channels": 3}))
+    with pytest.raises(ValueError, match="even channels"):  # the timestep embedding has even width
+        Decoder(DecoderConfig(**{**TINY, "channels": 15}))
+    with pytest.raises(ValueError, match=r"tokens must be int64 \[B=4"):  # a caption per image
+        model.net(x, t, z, tokens[:3], mask[:3])
+    model.eval()
+    with pytest.raises(ValueError, match=r"one batch size \(got sizes \[3, 4\]"):
+        model.sample(z, tokens[:3], mask[:3], steps=2)
+    with pytest.raises(ValueError, match="noise must be x_T"):  # not another resolution
+        model.sample(z, tokens, mask, steps=2, noise=torch.randn(4, 3, 8, 8))
 
 
 def test_paper_decoder_and_toy_preset():

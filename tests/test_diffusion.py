@@ -39,6 +39,10 @@ def test_linear_schedule_endpoints():
     b = linear_betas(1000)
     assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
     assert linear_betas(500)[-1].item() == pytest.approx(0.04)  # rescaled for shorter T
+    assert linear_betas(20)[-1].item() == pytest.approx(1.0)  # β_T = 1: ᾱ_T = 0, x_T carries no x_0
+    for T in (20, 10):  # so a diffusion refuses it (sampling would divide by √ᾱ_T = 0)
+        with pytest.raises(ValueError, match=r"\(0, 1\).*T>20"):
+            GaussianDiffusion(linear_betas(T))
 
 
 def test_respacing_keeps_base_alpha_bar(diff):

@@ -286,6 +286,25 @@ def test_diffusion_prior_diffuses_z_i_times_sqrt_d(monkeypatch):
     z_t, states, mask = captions([3, 5])
     prior.loss(z_t, z_t, states, mask)
     torch.testing.assert_close(seen["x_0"], z_t * D**0.5)
+    prior.loss(3 * z_t, z_t, states, mask)  # z_i is normalised first: its norm is not the target's
+    torch.testing.assert_close(seen["x_0"], z_t * D**0.5)
+
+
+def test_ar_sampling_draws_each_token_from_softmax_of_logp_over_temperature(monkeypatch):
+    prior = ar_prior()
+    z_t, states, mask = captions([3, 5])
+    logps, drawn, guided, multinomial = [], [], prior.guided, torch.multinomial
+
+    def spy(*args):
+        out = guided(*args)
+        return logps.append(out[:, -1]) or out
+    monkeypatch.setattr(prior, "guided", spy)
+    monkeypatch.setattr(torch, "multinomial", lambda p, n, generator=None: drawn.append(p) or
+                        multinomial(p, n, generator=generator))
+    prior.sample(z_t, states, mask, temperature=0.25, generator=torch.Generator().manual_seed(0))
+    assert len(drawn) == prior.cfg.pca_dims + 1
+    for step in range(1, len(drawn)):  # token 0 (z_i.z_t) is also cut to its top half
+        torch.testing.assert_close(drawn[step], (logps[step] / 0.25).softmax(-1))
 
 
 def test_ar_sampling_reproducible_with_seed():
@@ -371,6 +390,9 @@ def test_save_load_gives_identical_samples(kind, tmp_path):
     other = ARPrior if kind == "diffusion" else DiffusionPrior
     with pytest.raises(ValueError, match="not a"):
         other.load(path)
+    torch.save(prior.state_dict(), path)  # a bare state_dict, not save()'s file
+    with pytest.raises(ValueError, match="no config/state_dict"):
+        type(prior).load(path)
 
 
 def test_bad_inputs_get_clear_errors():

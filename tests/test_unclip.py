@@ -110,6 +110,15 @@ def test_prior_free_baselines(pipe):
                                          **GEN)["decoder"], text["decoder"])
 
 
+def test_seeds_stay_distinct_past_10000_images_a_caption(pipe, monkeypatch):
+    seeds = {}
+    monkeypatch.setattr(pipe, "_decode", lambda rows, s, *a, **k: seeds.setdefault(len(s), list(s)))
+    pipe.generate(["a", "b"], images_per_caption=3, seed=7)
+    assert seeds[6] == [7, 8, 9, 10_007, 10_008, 10_009]  # seed + 10000 k + j, as the docstring says
+    pipe.generate(["a", "b"], images_per_caption=10_001, seed=7)
+    assert len(set(seeds[20_002])) == 20_002 and seeds[20_002][10_001] == 7 + 10_001
+
+
 def test_stage_errors_and_progress(pipe):
     short = UnCLIP(pipe.clip, pipe.prior, pipe.decoder, pipe.upsamplers[:1])
     with pytest.raises(ValueError, match="up2.*train_toy"):
@@ -118,6 +127,12 @@ def test_stage_errors_and_progress(pipe):
         pipe.generate(["a red circle"], stages="up3", **GEN)
     with pytest.raises(ValueError, match="up1 takes 16x16"):
         UnCLIP(pipe.clip, pipe.prior, pipe.decoder, pipe.upsamplers[1:])
+    for bad in (float("nan"), float("inf"), None):  # NaN would make every image NaN, not an error
+        with pytest.raises(ValueError, match="decoder_guidance must be a finite number"):
+            pipe.generate(["a red circle"], **{**GEN, "decoder_guidance": bad})
+    for steps in (2.0, [2, 1]):
+        with pytest.raises(ValueError, match="upsampler_steps must be at least 2"):
+            pipe.generate(["a red circle"], **{**GEN, "upsampler_steps": steps})
     calls = []
     short.generate(["a red circle"], progress=lambda *a: calls.append(a), **GEN)
     assert [c for c in calls if c[1] == c[2]] == [("prior", 3, 3), ("decoder", 3, 3),
@@ -168,6 +183,20 @@ def test_variations_eta_zero_reconstructs_the_input(exact, pipe, image):
     assert not torch.allclose(out["decoder"][0], out["decoder"][1], atol=1e-3)
 
 
+def test_interpolate_slerps_both_latents(pipe, monkeypatch):
+    a, b = pair()
+    seen, sample = [], pipe.decoder.sample  # the x_T each decoder call starts from
+    monkeypatch.setattr(pipe.decoder, "sample", lambda *args, noise=None, **kw:
+                        seen.append(noise) or sample(*args, noise=noise, **kw))
+    out = pipe.interpolate(a, b, steps=4, stages="decoder", **FAST)
+    z, x_T = pipe._latents([a, b], True, **FAST)
+    theta = torch.tensor([0, 1 / 3, 2 / 3, 1])
+    torch.testing.assert_close(out["z_i"], slerp(z[:1], z[1:], theta))  # [unCLIP] Sec. 3.2, both slerped
+    torch.testing.assert_close(seen[0], slerp(x_T[:1], x_T[1:], theta))
+    lerp = x_T[:1] + theta[:, None, None, None] * (x_T[1:] - x_T[:1])
+    assert (seen[0][1:3] - lerp[1:3]).abs().max() > 0.01  # not a straight line: norms kept
+
+
 def test_interpolate_end_frames_reconstruct_the_inputs(exact, pipe):
     a, b = pair()
     ends = exact.interpolate(a, b, steps=2, stages="decoder", **FAST)["decoder"]  # one batch, as [a, b]'s
@@ -196,6 +225,8 @@ def test_text_diff_theta_zero_reconstructs_the_input(exact, pipe, image):
     assert torch.allclose(out["z_i"][1], slerp(z_i, z_d, 0.5), atol=1e-5)
     with pytest.raises(ValueError, match="same z_t"):
         pipe.text_diff(image, "a red circle", "a red circle", **FAST)
+    with pytest.raises(ValueError, match="thetas is empty"):
+        pipe.text_diff(image, "a red circle", "a blue circle", thetas=(), **FAST)
 
 
 def test_batch_size_changes_nothing_and_stream_yields_micro_batches(pipe, image):
@@ -327,3 +358,7 @@ def test_checkpoint_errors(tmp_path, pipe):
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="decoder checkpoint does not fit"):
         load_pipeline(tmp_path / "wrong.pt")
+    cfg = {k: v for k, v in ckpt["decoder"]["config"].items() if k != "mean_type"}  # not its default
+    torch.save({**ckpt, "decoder": {**ckpt["decoder"], "config": cfg}}, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="decoder checkpoint does not fit.*mean_type"):
+        load_pipeline(tmp_path / "short.pt")

@@ -136,6 +136,7 @@ def test_cli_tolerated_input_notes(files, capsys, monkeypatch):
     (["--eta", "nan"], "--eta must be in [0, 1]"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
     (["--seed", "-1"], "--seed must be in [0, 2^63)"),
+    (["--out", "grid.jpg"], "--out must name a .png file"),
 ])
 def test_cli_numeric_flags_are_checked_up_front(files, capsys, args, message):
     # the checkpoint does not exist: a bad flag is refused before anything loads

@@ -294,6 +294,10 @@ def test_save_load_round_trip(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="does not fit"):
         Upsampler.load(str(path))
+    del ckpt["config"]["unknown_field"], ckpt["config"]["schedule"]  # would fall back to cosine
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="missing fields.*schedule"):
+        Upsampler.load(str(path))
 
 
 def test_config_validation_and_stages():
