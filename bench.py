@@ -37,7 +37,6 @@ from decoder import Decoder, DecoderConfig
 from diffusion import autocast, autocast_network, cpu_has_native_bf16
 from prior import ARPrior, DiffusionPrior, DiffusionPriorConfig, trim_padding
 from toy_data import make_caption, sample_scene
-from train_config import reuse_freed_memory
 from train_toy import Config, Optim, as_float
 from upsample import Upsampler, resize
 
@@ -412,7 +411,7 @@ def main(argv=None) -> dict:
     reps = args.reps or (1 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
-    reuse_freed_memory()  # as train_toy: ours and the peer's alike
+    metrics.reuse_freed_memory()  # as train_toy: ours and the peer's alike
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cuda":  # as train_toy: TF32 matmuls

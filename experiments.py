@@ -75,7 +75,6 @@ from scoring import (
     zero_shot,
 )
 from toy_data import ATTRIBUTES, EVAL_SEED, PAIR_ATTRIBUTES
-from train_config import numbers, parse_pairs, step_lr_pairs
 
 DEFAULT_N = {"variance": 32}  # images per row; variance samples 2 x 435 decoder steps per image
 
@@ -408,9 +407,9 @@ def settings(argv: list) -> tuple:
     p = parser().parse_args(argv)
     if p.threads:
         torch.set_num_threads(p.threads)
-    train_config.reuse_freed_memory()  # as train_toy's runs
+    metrics.reuse_freed_memory()  # as train_toy's runs
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    steps, scales = numbers(p.steps), numbers(p.scales, float)
+    steps, scales = scoring.numbers(p.steps), scoring.numbers(p.scales, float)
     if p.per_caption < 2 or (p.n is not None and p.n < 2) or not steps or not scales or p.bank < 1:
         raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
                          "images), --bank >= 1, and at least one value in --steps and --scales")
@@ -418,19 +417,19 @@ def settings(argv: list) -> tuple:
         raise SystemExit(f"no run folder {p.run}; train one with: python train_toy.py --out {p.run}")
     report = p.run / "report.json"
     cfg = json.loads(report.read_text()).get("config", {}) if report.exists() else {}
-    if p.holdout and cfg and parse_pairs(p.holdout) != parse_pairs(cfg.get("holdout", "")):
+    if p.holdout and cfg and scoring.parse_pairs(p.holdout) != scoring.parse_pairs(cfg.get("holdout", "")):
         print(f"warning: {p.run} was trained holding out {cfg.get('holdout') or 'nothing'!r}; "
               f"--holdout {p.holdout!r} replaces that in every table", file=sys.stderr)
     base = {k: cfg.get("sampling", {}).get(k, v) for k, v in vars(train_config.Sampling()).items()}
     sampling = {"prior_steps": p.prior_steps or base["prior_steps"], "candidates": base["candidates"],
                 "decoder_steps": p.decoder_steps or base["decoder_steps"],
                 "decoder_guidance": base["guidance"] if p.guidance is None else p.guidance}
-    at, holdout = argv.index(p.experiment), parse_pairs(p.holdout or cfg.get("holdout", ""))
+    at, holdout = argv.index(p.experiment), scoring.parse_pairs(p.holdout or cfg.get("holdout", ""))
     given = {f.name: getattr(p, f.name) for f in fields(Settings) if f.name in p}  # as parsed
     return Settings(**given | dict(
         argv=argv[:at] + argv[at + 1:], out=p.out or p.run / "experiments", steps=steps, scales=scales,
         device=auto if p.device == "auto" else p.device, sampling=sampling, up_steps=list(base["up_steps"]),
-        holdout=holdout, prior_recipes=step_lr_pairs(p.prior_recipes))), cfg
+        holdout=holdout, prior_recipes=scoring.step_lr_pairs(p.prior_recipes))), cfg
 
 
 def main(argv=None) -> list:

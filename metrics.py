@@ -1,19 +1,24 @@
 """Measures and pictures that do not depend on the data: CLIP score, Frechet distance, PSNR, a
-captioned image grid, line charts, the machine a figure was measured on and its peak memory, and atomic
-file writes. train_toy.py, experiments.py, real_data.py, unclip.py and bench.py share them; toy_data.py
-and real_data.py hold the data-specific readers.
+captioned image grid, line charts, the machine a figure was measured on, its peak memory and glibc's
+reuse of freed memory, atomic file writes, the run report and a sampling progress line with its ETA.
+train_toy.py, experiments.py, real_data.py, unclip.py and bench.py share them; toy_data.py and
+real_data.py hold the data-specific readers.
 
 Symbols and names
     z_i, z_t   unit CLIP image / caption embeddings [B, D]
     x, y       image batches [B, 3, H, W] in [-1, 1], or feature sets [N, D] for frechet_distance
 """
 
+import ctypes
+import hashlib
+import json
 import math
 import os
 import platform
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -42,7 +47,8 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     root_x = (q * e.clamp_min(0).sqrt()) @ q.T  # S_x^1/2
     middle = root_x @ s_y @ root_x
     tr_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
-    return ((x.mean(0) - y.mean(0)).square().sum() + s_x.trace() + s_y.trace() - 2 * tr_root).item()
+    fd = (x.mean(0) - y.mean(0)).square().sum() + s_x.trace() + s_y.trace() - 2 * tr_root
+    return max(0.0, fd.item())  # >= 0 in exact arithmetic; rounding can leave -1e-6 for x = y
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -198,7 +204,8 @@ def guarded(path: Path, save) -> None:
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         Path(f"{path}.tmp").unlink(missing_ok=True)
         free = shutil.disk_usage(Path(path).parent).free / 2**20
-        raise OSError(f"cannot write {path} ({str(e).splitlines()[0][:160]}; {free:.0f} MiB free there). "
+        why = (str(e) or type(e).__name__).splitlines()[0][:160]  # an OSError() has no message
+        raise OSError(f"cannot write {path} ({why}; {free:.0f} MiB free there). "
                       "The files written before are kept: make room, then run again with --resume") from None
 
 
@@ -208,3 +215,59 @@ def save_atomic(obj, path: Path) -> None:
 
 def save_atomic_text(path: Path, text: str) -> None:
     guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))
+
+
+def reuse_freed_memory() -> bool:
+    """Let glibc's allocator keep the memory a CPU step frees, for the next step to reuse. By default it maps
+    each block over its mmap threshold afresh and returns the heap's free top past its trim threshold, so a
+    step whose activations free more than 64 MiB at once faults in new zeroed pages every step: ~45 000
+    faults, 2-10% of a 64-wide decoder step on 2 cores (EXPERIMENTS.md, "Freed memory"). Raising both (mmap's
+    to its 32 MiB ceiling; at most 1 GiB kept free) stops that; peak memory barely moves: what is kept was
+    in use at the peak. True if set; False off Linux or off glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt if sys.platform == "linux" else None  # the process's C library
+    except (OSError, AttributeError):
+        return False
+    trim, mmap = -1, -3  # glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD; setting one fixes both
+    return mallopt is not None and bool(mallopt(mmap, 32 << 20) and mallopt(trim, 1 << 30))
+
+
+def weights_id(module: torch.nn.Module) -> str:
+    """A hash of a module's weights, bit for bit: which model a checkpoint was trained on."""
+    digest = hashlib.sha1()
+    for v in module.state_dict().values():
+        digest.update(v.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def progress_log(stages: list, log, every: float = 10.0):
+    """A progress(stage, step, steps) for UnCLIP.generate: about every `every` seconds and at the end
+    of each sampling stage, a line with the time left in that stage (stage time / steps done)."""
+    clock = {"tick": time.perf_counter()}
+
+    def progress(stage, i, n):
+        now = time.perf_counter()
+        if clock.get("stage") != stage:  # a new stage began at the previous stage's last step
+            clock.update(stage=stage, start=clock["tick"], logged=clock["tick"], done=False)
+        clock["tick"] = now
+        if (i == n and not clock["done"]) or (i < n and now - clock["logged"] >= every):
+            clock["logged"], clock["done"], left = now, i == n, (now - clock["start"]) / i * (n - i)
+            log(f"eval {stage} ({stages.index(stage) + 1}/{len(stages)}) step {i}/{n} "
+                f"stage eta {left / 60:.1f} min")
+    return progress
+
+
+def write_report(report: dict, out: Path, log) -> None:
+    """report (its "config" left out) as a markdown table in out/report.md, all of it in out/report.json."""
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in report.items():
+        if key == "config":
+            continue
+        for k, v in value.items() if isinstance(value, dict) else [(None, value)]:  # a dict: a row each
+            name, fmt = (key, ".4f") if k is None else (f"{key} {k}", ".3f")
+            v = v["acc"] if isinstance(v, dict) and "acc" in v else v
+            lines.append(f"| {name} | {v:{fmt}} |" if isinstance(v, float) else f"| {name} | {v} |")
+    table = "\n".join(lines)
+    save_atomic_text(out / "report.md", f"# tinyunclip toy run\n\n{table}\n")
+    save_atomic_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    log(table)

@@ -50,7 +50,8 @@ def open_dataset(spec: str, train: bool = True, sizes=(32,), seed: int = 0):
     kind, _, path = spec.partition(":")
     if kind not in KINDS or not path:
         raise ValueError(f"data {spec!r}: must be one of {', '.join(k + ':PATH' for k in KINDS)}")
-    if kind != "folder" and tuple(sizes) != (32,):
+    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    if kind != "folder" and sizes != (32,):
         raise ValueError(f"sizes {tuple(sizes)}: {kind} images exist at 32x32 only, so sizes must be (32,); "
                          "to train the upsamplers use a folder of images of 128 px or more")
     if kind == "cifar10":
@@ -110,7 +111,8 @@ class IDXCaptions(torch.utils.data.Dataset):
                                     "t10k-* images and labels (`apt-get install dataset-fashion-mnist` puts "
                                     "Fashion-MNIST in /usr/share/datasets/fashion-mnist)")
         images_file, labels_file = found[0][0], found[1][0]
-        key = classes or next((k for w, k in DETECT if w in str(root.resolve()).lower()), None)
+        names = [d.name.lower() for d in (root.resolve(), *root.resolve().parents)]  # the folder's own first
+        key = classes or next((k for n in names for w, k in DETECT if w in n), None)
         if key not in CLASS_SETS:
             raise ValueError(f"{root}: classes {classes!r}: pass one of {sorted(CLASS_SETS)} or None to tell "
                              f"them by the folder's path, which must then hold one of {list(dict(DETECT))}")
@@ -151,7 +153,9 @@ class _NumpyOnly(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
                                   ("numpy.core.multiarray", "_reconstruct"),
-                                  ("numpy._core.multiarray", "_reconstruct")}:
+                                  ("numpy._core.multiarray", "_reconstruct"),  # protocol 5's arrays:
+                                  ("numpy.core.numeric", "_frombuffer"),
+                                  ("numpy._core.numeric", "_frombuffer")}:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
         return super().find_class(module, name)
 
@@ -216,9 +220,10 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
         if not self.sizes or any(s < 8 or s & (s - 1) for s in self.sizes):
             raise ValueError(f"sizes {self.sizes} must be powers of two of at least 8")
         found, big = self._scan(root), max(self.sizes)
-        held = _held_out(sorted({c for _, c, _ in found}), holdout, seed) if found else set()
+        # split on what the BPE tokenizer reads: "Photo 2" and "photo 2" are one caption
+        held = _held_out(sorted({c.lower() for _, c, _ in found}), holdout, seed) if found else set()
         self.skipped["too small"] = [p for p, _, side in found if side < big]
-        self.items = [(p, c) for p, c, side in found if side >= big and (c in held) != train]
+        self.items = [(p, c) for p, c, side in found if side >= big and (c.lower() in held) != train]
         if counts := {k: len(v) for k, v in self.skipped.items() if v}:
             warnings.warn(f"{root}: skipped {counts} images (see .skipped)", stacklevel=2)
         if not self.items:
@@ -233,8 +238,8 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
         for p in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes):
             try:
                 with Image.open(p) as im:
+                    im.load()  # decodes the whole file: catches garbage and truncation, in any format
                     side = min(im.size)
-                    im.verify()  # reads the whole file: catches garbage and truncation
             except Exception:  # PIL raises many kinds of error for a bad file
                 self.skipped["unreadable"].append(p)
                 continue
@@ -252,6 +257,9 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         path, caption = self.items[i]
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # a photo the way round its camera shows it
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: convert() would clip it at 255
+                im = Image.fromarray((np.asarray(im, np.float64) / 257).clip(0, 255).round().astype(np.uint8))
             rgba = im.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
         big = max(self.sizes)
@@ -306,9 +314,9 @@ class ClassEvaluator(nn.Module):
         """A ClassEvaluator trained by Adam with cosine decay on u uint8 [N, 3, 32, 32] and labels [N];
         the same inputs and seed give the same weights. info: steps, seconds, the last loss, seed."""
         if (u.dtype != torch.uint8 or u.shape[1:] != (3, 32, 32) or labels.shape != (len(u),) or not len(u)
-                or not 0 <= labels.min() <= labels.max() < len(classes)):
-            raise ValueError(f"need u uint8 [N, 3, 32, 32] (N >= 1) and labels [N] in 0..{len(classes) - 1}, "
-                             f"got {u.dtype} {tuple(u.shape)} and {tuple(labels.shape)}")
+                or not 0 <= labels.min() <= labels.max() < len(classes) or steps < 1):
+            raise ValueError(f"need u uint8 [N, 3, 32, 32] (N >= 1), labels [N] in 0..{len(classes) - 1} and "
+                             f"steps >= 1, got {u.dtype} {tuple(u.shape)}, {tuple(labels.shape)} and {steps}")
         with torch.random.fork_rng(devices=[]):  # seeded, the caller's RNG left as it was
             torch.manual_seed(seed)
             net = cls(classes, width)
@@ -329,7 +337,7 @@ class ClassEvaluator(nn.Module):
         x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(x.shape)}")
-        x = x if x.shape[-1] == 32 else F.interpolate(x, size=(32, 32), mode="area")
+        x = x if x.shape[-2:] == (32, 32) else F.interpolate(x, size=(32, 32), mode="area")
         return torch.cat([part(x[k:k + 500].cpu()) for k in range(0, len(x), 500)])
 
     def read(self, x) -> list:
@@ -338,6 +346,8 @@ class ClassEvaluator(nn.Module):
 
     def accuracy(self, x, labels) -> float:
         """The fraction of images whose most probable class is their label."""
+        if len(labels) != len(x):
+            raise ValueError(f"{len(x)} images but {len(labels)} labels")
         return (self._run(x, self).argmax(1) == torch.as_tensor(labels)).double().mean().item()
 
     def frechet(self, x, y) -> float:

@@ -1,7 +1,8 @@
 """How the experiments score a pipeline on Shapes: fresh scenes the training never rendered, the
 Evaluator's attribute accuracy, CLIP score and FD_CLIP (clip_readings, which train_toy.py uses too), the
 variety among a caption's samples, two-object binding, CLIP's zero-shot reading, and one timed row
-of an experiment's table. experiments.py builds its tables from these.
+of an experiment's table; the experiments' Settings and the lists their options take. experiments.py
+builds its tables from these.
 
 Symbols and names
     y, named   a caption and the attributes it names (toy_data.parse_caption)
@@ -60,6 +61,34 @@ class Settings:
     bank: int
     prior_recipes: list
     train_steps: int | None
+
+
+def parse_pairs(text: str) -> list:
+    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
+    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
+    try:
+        allowed_pairs(pairs)
+    except ValueError as e:
+        raise SystemExit(f"--holdout {text!r}: {e}") from None
+    return pairs
+
+
+def numbers(text: str, kind=int) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
+
+
+def step_lr_pairs(text: str) -> list:
+    """'1200x0.001,3000x0.003' -> [(1200, 0.001), (3000, 0.003)], checked."""
+    try:
+        out = [(int(s), float(lr)) for s, lr in (r.split("x") for r in text.split(",") if r.strip())]
+        if out and all(s >= 1 and lr > 0 for s, lr in out):
+            return out
+    except ValueError:  # also a recipe without exactly one x
+        pass
+    raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")
 
 
 def shapes_batch(n: int, seed: int, holdout=(), two_objects=False, sizes=(32,)) -> dict:

@@ -235,6 +235,8 @@ class Shapes(torch.utils.data.Dataset):
         _check_sizes(sizes)
         if not 0 <= float(two_objects) <= 1:
             raise ValueError(f"two_objects must be a fraction in [0, 1], got {two_objects}")
+        if int(seed) < 0:  # numpy's seed sequences take non-negative ints
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.length, self.sizes, self.seed = int(length), tuple(sizes), int(seed)
         self.holdout, self.two_objects = tuple(tuple(p) for p in holdout), two_objects
 

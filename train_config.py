@@ -6,22 +6,22 @@ what it must be), the device chosen, the run folder checked.
 """
 
 import argparse
-import ctypes
+import json
 import math
 import os
-import sys
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 import diffusion
+import metrics
 import real_data
 from clip_frozen import CLIP, TOKENIZERS, CLIPConfig, FrozenCLIP, make_tokenizer, tokenizer_kind
 from decoder import Decoder, DecoderConfig, toy_config
 from prior import ARPrior, ARPriorConfig, DiffusionPrior, DiffusionPriorConfig
-from toy_data import Shapes, allowed_pairs
+from toy_data import Shapes
 from upsample import Upsampler, UpsamplerConfig, stage_config
 
 
@@ -202,7 +202,11 @@ def _rule(name: str, value) -> str | None:
         return None if 0 <= value < 1 else "must lie in [0, 1)"
     if "drop" in name or name.endswith("prob") or name in ("two_objects", "lr_floor"):  # fractions
         return None if 0 <= value <= 1 else "must lie in [0, 1]"
-    if name in ("seed", "weight_decay", "guidance", "text_layers", "clip_dim", "snapshot_every"):  # 0 allowed
+    if name == "seed":  # train_toy's data streams, seed * 1_000_003 + stage * 100_003 + step, stay int64
+        return None if 0 <= value < 2**32 else "must lie in [0, 2^32)"
+    if name == "steps":  # ... and stay apart: one stage's steps never reach the next one's stream
+        return None if 1 <= value <= 100_000 else "must lie in [1, 100000]"
+    if name in ("weight_decay", "guidance", "text_layers", "clip_dim", "snapshot_every"):  # 0 allowed
         return None if value >= 0 else "must be >= 0"
     if name.endswith("_steps"):  # a respaced sampler keeps the first and the last timestep
         return None if value >= 2 else "must be >= 2"
@@ -311,8 +315,7 @@ def link(cfg: Config, clip: FrozenCLIP) -> None:
 
 
 def _flag_value(cfg: Config, flag: str):
-    value = next(getattr(o, f.name) for dotted, o, f in leaves(cfg) if dotted == flag[2:])
-    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return option_text(next(getattr(o, f.name) for dotted, o, f in leaves(cfg) if dotted == flag[2:]))
 
 
 def parse_args(argv=None, description: str | None = None) -> tuple[Config, argparse.Namespace]:
@@ -321,7 +324,7 @@ def parse_args(argv=None, description: str | None = None) -> tuple[Config, argpa
     p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2 minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete the folder's report and the checkpoints of --stages, then train those afresh")
+                   help="train the stages in --stages afresh (each checkpoint replaced at its first save)")
     for dotted, owner, f in leaves(cfg):
         p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
                        help=f"(default: {getattr(owner, f.name)})")
@@ -361,7 +364,28 @@ def option_text(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
-def check_folder(out: Path, trained: list, args, rank: int) -> None:
+def stage_options(cfg: Config, name: str, clip_id: str) -> dict:
+    """What a stage is trained under besides its model config, which --resume must find unchanged: its AdamW
+    settings (steps may grow), the data, the seed and, after CLIP, the fingerprint of the CLIP it reads."""
+    keep = {k: v for k, v in asdict(getattr(cfg, f"opt_{name}")).items() if k != "steps"}
+    keep |= {k: getattr(cfg, k) for k in ("seed", "data", "train_size", "holdout", "two_objects")}
+    keep |= {"clip": clip_id} if name in ("prior", "ar_prior", "decoder") else {}
+    return json.loads(json.dumps(keep))
+
+
+def refuse_changed(path: Path, saved: dict, wanted: dict, flag) -> None:
+    """SystemExit naming each field of wanted that saved holds with another value, as flag(k) writes it."""
+    if saved.get("clip", wanted.get("clip")) != wanted.get("clip"):
+        raise SystemExit(f"{path} was trained on another CLIP than the clip.pt beside it: pass --overwrite "
+                         f"--stages {path.stem} to train it afresh on this one, or --out for another folder")
+    if shown := [(k, option_text(saved[k]) or '""', option_text(v) or '""') for k, v in wanted.items()
+                 if k in saved and saved[k] != v]:
+        other = ", ".join(f"{flag(k)} {a} (now {b})" for k, a, b in shown)
+        raise SystemExit(f"{path} was trained with {other}: pass those options to resume it, "
+                         f"--overwrite to train the stages afresh, or --out for another folder")
+
+
+def check_folder(out: Path, args, rank: int) -> None:
     """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
     a forgotten --resume must not retrain (and so overwrite) stages that are already trained."""
     if args.resume and args.overwrite:
@@ -377,9 +401,8 @@ def check_folder(out: Path, trained: list, args, rank: int) -> None:
         probe.unlink()
     except OSError as e:
         raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
-    if args.overwrite and rank == 0:  # stale files would pass for this run's if it stopped early
-        for name in ("report.json", "unclip.pt", "classifier.pt", *trained):
-            (out / name).unlink(missing_ok=True)
+    if args.overwrite and rank == 0:  # the data may differ; a stage checkpoint is replaced at its first save
+        (out / "classifier.pt").unlink(missing_ok=True)
 
 
 def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, int, int]:
@@ -394,6 +417,10 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
         mps = torch.backends.mps.is_available()
         cfg.device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     device = torch.device(cfg.device)
+    if (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()) or (
+            device.type == "mps" and not torch.backends.mps.is_available()):
+        raise SystemExit(f"--device {cfg.device}: this torch sees no such device (CUDA devices: "
+                         f"{torch.cuda.device_count()})")
     if world > 1:  # torchrun sets RANK / WORLD_SIZE / LOCAL_RANK
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
@@ -401,50 +428,8 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
             torch.cuda.set_device(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    reuse_freed_memory()
-    check_folder(Path(cfg.out), [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
+    metrics.reuse_freed_memory()
+    if "clip" not in stages and not (clip := Path(cfg.out) / "clip.pt").exists():  # all later stages read it
+        raise SystemExit(f"--stages {cfg.stages}: {clip} does not exist; add clip to --stages")
+    check_folder(Path(cfg.out), args, rank)
     return stages, device, rank, world
-
-
-def reuse_freed_memory() -> bool:
-    """Let glibc's allocator keep the memory a CPU step frees, for the next step to reuse. By default it maps
-    each block over its mmap threshold afresh and returns the heap's free top past its trim threshold, so a
-    step whose activations free more than 64 MiB at once faults in new zeroed pages every step: ~45 000
-    faults, 2-10% of a 64-wide decoder step on 2 cores (EXPERIMENTS.md, "Freed memory"). Raising both (mmap's
-    to its 32 MiB ceiling; at most 1 GiB kept free) stops that; peak memory barely moves: what is kept was
-    in use at the peak. True if set; False off Linux or off glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt if sys.platform == "linux" else None  # the process's C library
-    except (OSError, AttributeError):
-        return False
-    trim, mmap = -1, -3  # glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD; setting one fixes both
-    return mallopt is not None and bool(mallopt(mmap, 32 << 20) and mallopt(trim, 1 << 30))
-
-
-# ----------------------------------------------------------------------------- experiments.py's option values
-def parse_pairs(text: str) -> list:
-    """'purple triangle, red circle' -> [("purple", "triangle"), ("red", "circle")], checked."""
-    pairs = [tuple(p.split()) for p in text.split(",") if p.strip()]
-    try:
-        allowed_pairs(pairs)
-    except ValueError as e:
-        raise SystemExit(f"--holdout {text!r}: {e}") from None
-    return pairs
-
-
-def numbers(text: str, kind=int) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"expected comma-separated numbers, e.g. 10,25,50, got {text!r}") from None
-
-
-def step_lr_pairs(text: str) -> list:
-    """'1200x0.001,3000x0.003' -> [(1200, 0.001), (3000, 0.003)], checked."""
-    try:
-        out = [(int(s), float(lr)) for s, lr in (r.split("x") for r in text.split(",") if r.strip())]
-        if out and all(s >= 1 and lr > 0 for s, lr in out):
-            return out
-    except ValueError:  # also a recipe without exactly one x
-        pass
-    raise SystemExit(f"--prior-recipes {text!r}: expected STEPSxLR,..., e.g. 1200x0.001,6000x0.003")

@@ -10,11 +10,11 @@
 Stages run in the paper's order [unCLIP] Sec. 2: CLIP (frozen afterwards) -> prior -> decoder -> upsampler 1
 -> upsampler 2; each later stage reads the frozen results of the earlier ones from the run folder. Every
 stage checkpoint is {"config", "state_dict" (EMA weights), "train" (raw weights, optimizer, step, loss
-history, RNG, training seconds)} written atomically, so `--resume` continues a killed run and a failed
-run never destroys a good checkpoint. The end writes unclip.pt (the one-file pipeline for unclip.py) and
-report.json / report.md with the metrics (attribute accuracy, CLIP score, FD_CLIP, prior cosine; on labelled
-real data class accuracy and FD by a classifier of the training split, on its held-out split). The options,
-their defaults and their checks are in train_config.py.
+history, RNG, training seconds, the options and CLIP it trained under)} written atomically, so `--resume`
+continues a killed run and a failed run never destroys a good checkpoint. The end writes unclip.pt (the
+one-file pipeline for unclip.py) and report.json / report.md with the metrics (attribute accuracy, CLIP
+score, FD_CLIP, prior cosine; on labelled real data class accuracy and FD by a classifier of the training
+split, on its held-out split). The options, their defaults and their checks are in train_config.py.
 """
 
 import contextlib
@@ -31,15 +31,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import diffusion
+import metrics
 import real_data
 import scoring
 import toy_data
 import unclip
 from clip_frozen import FrozenCLIP, load_clip, make_tokenizer, tokenizer_kind
-from metrics import clip_score, guarded, save_atomic, save_atomic_text, save_grid, usable_cpus
+from metrics import clip_score, guarded, progress_log, save_atomic, save_grid, usable_cpus
 from prior import trim_padding
 from toy_data import Shapes, attribute_accuracy, shapes_collate
-from train_config import STAGES, Config, Optim, link, new_model, option_text, parse_args, prepare
+from train_config import (
+    STAGES,
+    Config,
+    Optim,
+    link,
+    new_model,
+    parse_args,
+    prepare,
+    refuse_changed,
+    stage_options,
+)
 
 
 # ----------------------------------------------------------------------------- data
@@ -86,6 +97,7 @@ class Run:
     data: Data | None = None
     clip: FrozenCLIP | None = None
     z_bank: torch.Tensor | None = None  # the true z_i of every training image
+    clip_id: str = ""  # a hash of the frozen CLIP's weights: the later stages record which CLIP they read
     text: tuple | None = None  # (tokens, mask) of every training caption
     seconds: dict = field(default_factory=dict)  # per stage, for the report
 
@@ -119,23 +131,21 @@ def rng_state(device) -> list:  # the generators a loss draws from: the CPU's, a
     return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
 
 
-def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int, list, float]:
+def resume_from(path: Path, model, ema, opt, run: Run, oc: Optim) -> tuple[int, list, float]:
     """Weights, optimizer, step, loss history, training seconds and this process's RNG state from a stage
     checkpoint; a file without training state (a copied clip.pt) counts as finished."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
     # a stage trained under other options (or older defaults) is named, not loaded into the wrong shapes
     config = model.config if path.stem == "clip" else model.cfg  # a field older code lacked: its default
     saved = type(config)(**{k: v for k, v in ck["config"].items() if k in {f.name for f in fields(config)}})
-    saved, wanted = (json.loads(json.dumps(asdict(c))) for c in (saved, config))
-    if saved != wanted:
-        shown = [(k, option_text(saved[k]) or '""', option_text(v) or '""') for k, v in wanted.items()
-                 if saved[k] != v]
-        other = ", ".join(f"--{path.stem}.{k} {a} (now {b})" for k, a, b in shown)
-        raise SystemExit(f"{path} was trained with {other}: pass those options to resume it, "
-                         f"--overwrite to train the stages afresh, or --out for another folder")
+    refuse_changed(path, *(json.loads(json.dumps(asdict(c))) for c in (saved, config)),
+                   lambda k: f"--{path.stem}.{k}")
+    opt_fields, wanted = {f.name for f in fields(Optim)}, stage_options(run.cfg, path.stem, run.clip_id)
+    refuse_changed(path, ck.get("train", {}).get("options", {}), wanted,
+                   lambda k: f"--opt_{path.stem}.{k}" if k in opt_fields else f"--{k}")
     ema.load_state_dict(ck["state_dict"])
     if "train" not in ck:
-        return steps, [], 0.0
+        return oc.steps, [], 0.0
     model.load_state_dict(ck["train"]["model"])
     opt.load_state_dict(ck["train"]["opt"])
     rngs = ck["train"]["rng"]  # one state list per process (a file of older code: the CPU state)
@@ -146,23 +156,39 @@ def resume_from(path: Path, model, ema, opt, run: Run, steps: int) -> tuple[int,
     return ck["train"]["step"], ck["train"]["history"], ck["train"].get("seconds", 0.0)
 
 
-def save_stage(name: str, model, ema, opt, step: int, history: list, run: Run, seconds: float) -> None:
-    """The stage checkpoint (EMA weights + what resuming needs, every process's RNG state), a preview;
-    every cfg.snapshot_every steps also the EMA weights alone as <name>_<step>.pt."""
+def save_stage(name: str, model, ema, opt, run: Run, progress: dict, fresh: bool) -> None:
+    """The stage checkpoint (EMA weights + what resuming needs: progress's step, history, seconds and options,
+    every process's RNG state), a preview; every cfg.snapshot_every steps also the EMA weights alone as
+    <name>_<step>.pt. The first save of a stage trained afresh (fresh) deletes an earlier run's of it."""
     rngs = [rng_state(run.device)] * run.world
     if run.world > 1:  # each process draws its own noise: keep every one's state
         torch.distributed.all_gather_object(rngs, rng_state(run.device))
     if run.rank == 0:
+        for old in [*run.out.glob(f"{name}_[0-9]*.pt"), *run.out.glob(f"grids/{name}_[0-9]*.png")] * fresh:
+            old.unlink()
         config = model.config if name == "clip" else model.cfg  # CLIP keeps OpenAI's attribute name
         weights = {"config": asdict(config), "state_dict": ema.state_dict()}
-        train = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
-                 "rng": rngs, "seconds": seconds}
+        train = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rngs} | progress
         save_atomic(weights | {"train": train}, run.out / f"{name}.pt")
-        if run.cfg.snapshot_every and step % run.cfg.snapshot_every == 0:
-            save_atomic(weights | {"step": step, "seconds": seconds}, run.out / f"{name}_{step:06d}.pt")
+        if run.cfg.snapshot_every and (step := progress["step"]) % run.cfg.snapshot_every == 0:
+            snapshot = weights | {"step": step, "seconds": progress["seconds"]}
+            save_atomic(snapshot, run.out / f"{name}_{step:06d}.pt")
         if name != "clip":
             with diffusion.autocast(run.device, run.cfg.precision):
-                preview(run, name, ema, step)
+                preview(run, name, ema, progress["step"])
+
+
+def checked(name: str, pending: list, step: int, path: Path) -> list:
+    """The losses of the steps up to `step` since the last check, in one host sync. A non-finite loss or
+    gradient norm stops the stage here, before the checkpoint of that step: no NaN weights are written."""
+    rows = torch.stack(pending).tolist()
+    for i, row in enumerate(rows):
+        for what, v in zip(("loss", "gradient norm"), row, strict=True):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"{name}: {what} is {v} at step {step + 2 - len(rows) + i}; stopped. The last good "
+                    f"checkpoint is kept at {path}. Lower --opt_{name}.lr or resume with --resume")
+    return [loss for loss, _ in rows]
 
 
 def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
@@ -176,7 +202,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     opt = oc.adamw(groups, run.device)
     start, history, spent = 0, [], 0.0
     if run.resume and path.exists():
-        start, history, spent = resume_from(path, model, ema, opt, run, oc.steps)
+        start, history, spent = resume_from(path, model, ema, opt, run, oc)
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
@@ -185,7 +211,8 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     net_only = getattr(model, "net", model)
     hooks = [] if name == "clip" else diffusion.autocast_network(net_only, run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
-    begun = clock - spent  # the stage's training seconds, across resumes
+    begun, fresh = clock - spent, start == 0  # begun: the stage's training seconds count on across resumes
+    options = stage_options(cfg, name, run.clip_id)
     for step in range(start, oc.steps):
         # linear warmup, then cosine decay to lr_floor of the peak
         progress = max(0.0, (step - warmup) / max(1, oc.steps - warmup))
@@ -197,20 +224,15 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
         loss = net(*batch_fn(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        norm = nn.utils.clip_grad_norm_(params, 1.0, foreach=True)  # inf/NaN here would reach the weights
         opt.step()
         decay = min(oc.ema, (1 + step) / (10 + step))  # short runs: EMA warms up
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - decay)
-        pending.append(loss.detach().float())
+        pending.append(torch.stack([loss.detach().float(), norm.float()]))
         save = (step + 1) % cfg.ckpt_every == 0 or step + 1 == oc.steps
         if save or (step + 1) % cfg.log_every == 0:
-            values = torch.stack(pending).tolist()  # one host sync per log interval, not per step
-            for i, v in enumerate(values):
-                if not math.isfinite(v):
-                    raise FloatingPointError(
-                        f"{name}: loss is {v} at step {step + 2 - len(values) + i}; stopped. The last "
-                        f"good checkpoint is kept at {path}. Lower --opt_{name}.lr or resume with --resume")
+            values = checked(name, pending, step, path)
             history += values
             rate = len(values) * oc.batch / (time.perf_counter() - clock)
             eta = (oc.steps - step - 1) * oc.batch / rate
@@ -218,7 +240,9 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
                     f"lr {lr:.1e} {rate:.0f} ex/s eta {eta / 60:.1f} min")
             pending, clock = [], time.perf_counter()
         if save:
-            save_stage(name, model, ema, opt, step + 1, history, run, time.perf_counter() - begun)
+            save_stage(name, model, ema, opt, run, {"step": step + 1, "history": history, "options": options,
+                                                    "seconds": time.perf_counter() - begun}, fresh)
+            fresh = False
     for hook in hooks:
         hook.remove()
     return ema, history
@@ -240,7 +264,6 @@ def preview(run: Run, name: str, model, step: int) -> None:
         k = STAGES.index(name) - 3
         lo = as_float(data.images[cfg.sizes[k]][idx], run.device)
         x = model.sample(lo, steps=s.up_steps[k], generator=g)
-    (run.out / "grids").mkdir(exist_ok=True)
     save_grid(x.cpu(), caps, run.out / "grids" / f"{name}_{step:05d}.png", ncol=8)
 
 
@@ -265,6 +288,7 @@ def clip_stage(run: Run) -> None:
         if (kind := tokenizer_kind(model.config.vocab_size)) != cfg.tokenizer:
             raise SystemExit(f"{path} is a CLIP trained on {kind} tokens: pass --tokenizer {kind}")
     run.clip = FrozenCLIP(model, tokenizer)
+    run.clip_id = metrics.weights_id(model)
     run.z_bank = torch.cat([run.clip.encode_image(as_float(x, run.device)) for x in images.split(512)])
     link(cfg, run.clip)
 
@@ -334,12 +358,15 @@ def evaluation_stage(run: Run) -> dict:
     if not all(p.exists() for p in needed):
         run.log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
         return {}
+    for p in needed:  # a stage trained on an earlier CLIP does not pair with this one
+        refuse_changed(p, torch.load(p, weights_only=True, mmap=True).get("train", {}).get("options", {}),
+                       {"clip": run.clip_id}, None)
     pipe = unclip.from_stage_checkpoints(out, device=run.device, prior_kind=cfg.prior_kind)
     guarded(out / "unclip.pt", lambda: unclip.save_pipeline(out / "unclip.pt", pipe))
     with run.timed("eval"):
         report = evaluate(cfg, pipe, run.clip, run.z_bank, run.data, out, run.log)
     report |= {"seconds": {k: round(v, 1) for k, v in run.seconds.items()}, "config": asdict(cfg)}
-    write_report(report, out, run.log)
+    metrics.write_report(report, out, run.log)
     return report
 
 
@@ -406,38 +433,6 @@ def evaluate(cfg: Config, pipe, clip: FrozenCLIP, z_bank, data: Data, out: Path,
     if named is not None and not shapes:
         real_data.save_class_grid(images[0], captions, named, ev.classes, out / "samples_per_class_32.png")
     return report
-
-
-def progress_log(stages: list, log, every: float = 10.0):
-    """A progress(stage, step, steps) for UnCLIP.generate: about every `every` seconds and at the end
-    of each sampling stage, a line with the time left in that stage (stage time / steps done)."""
-    clock = {"tick": time.perf_counter()}
-
-    def progress(stage, i, n):
-        now = time.perf_counter()
-        if clock.get("stage") != stage:  # a new stage began at the previous stage's last step
-            clock.update(stage=stage, start=clock["tick"], logged=clock["tick"], done=False)
-        clock["tick"] = now
-        if (i == n and not clock["done"]) or (i < n and now - clock["logged"] >= every):
-            clock["logged"], clock["done"], left = now, i == n, (now - clock["start"]) / i * (n - i)
-            log(f"eval {stage} ({stages.index(stage) + 1}/{len(stages)}) step {i}/{n} "
-                f"stage eta {left / 60:.1f} min")
-    return progress
-
-
-def write_report(report: dict, out: Path, log) -> None:
-    lines = ["| metric | value |", "|---|---|"]
-    for key, value in report.items():
-        if key == "config":
-            continue
-        for k, v in value.items() if isinstance(value, dict) else [(None, value)]:  # a dict: a row each
-            name, fmt = (key, ".4f") if k is None else (f"{key} {k}", ".3f")
-            v = v["acc"] if isinstance(v, dict) and "acc" in v else v
-            lines.append(f"| {name} | {v:{fmt}} |" if isinstance(v, float) else f"| {name} | {v} |")
-    table = "\n".join(lines)
-    save_atomic_text(out / "report.md", f"# tinyunclip toy run\n\n{table}\n")
-    save_atomic_text(out / "report.json", json.dumps(report, indent=2, default=str))
-    log(table)
 
 
 if __name__ == "__main__":

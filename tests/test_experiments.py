@@ -345,7 +345,7 @@ def test_diversity_and_single_pair_scenes():
 
 
 def test_prior_recipes_are_parsed_and_checked():
-    assert train_config.step_lr_pairs("1200x0.001, 6000x3e-3") == [(1200, 0.001), (6000, 0.003)]
+    assert scoring.step_lr_pairs("1200x0.001, 6000x3e-3") == [(1200, 0.001), (6000, 0.003)]
     for bad in ("", "6000", "1x2x3", "0x0.1", "10x0", "10xnan", "ax0.1"):
         with pytest.raises(SystemExit, match="--prior-recipes"):
-            train_config.step_lr_pairs(bad)
+            scoring.step_lr_pairs(bad)

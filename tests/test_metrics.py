@@ -100,3 +100,30 @@ def test_machine_names_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.delattr(metrics.os, "sched_getaffinity")  # macOS and Windows have no affinity call
     monkeypatch.setattr(metrics.os, "cpu_count", lambda: None)
     assert metrics.usable_cpus() == 1
+
+
+def test_a_failed_write_without_a_message_names_the_file_and_keeps_the_old_one(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"good")
+
+    def fails():
+        (tmp_path / "x.pt.tmp").write_bytes(b"half")
+        raise OSError()  # no message, as some file systems raise
+    with pytest.raises(OSError, match=r"cannot write .*x\.pt \(OSError; \d+ MiB free there\)"):
+        metrics.guarded(path, fails)
+    assert path.read_bytes() == b"good" and not (tmp_path / "x.pt.tmp").exists()
+
+
+def test_weights_id_is_the_same_for_the_same_bits_and_changes_with_one():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert metrics.weights_id(a) == metrics.weights_id(b)
+    with torch.no_grad():
+        b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))  # one ulp
+    assert metrics.weights_id(a) != metrics.weights_id(b)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_not_rounding_below():
+    x = torch.randn(100, 128, generator=torch.Generator().manual_seed(0))  # fewer samples than dimensions
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.frechet_distance(x, x) >= 0.0

@@ -263,6 +263,51 @@ def test_image_folder_held_out_split(tmp_path):
     assert len(rd.open_dataset(f"folder:{tmp_path / 'f'}", train=False)) == len(held)
 
 
+def test_image_folder_skips_a_truncated_jpeg_and_reads_16_bit_grey_and_exif_turns(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))  # dark left, bright right
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "grey8.png")
+    shown = np.zeros((64, 64, 3), np.uint8)
+    shown[:16] = (255, 0, 0)  # red on top, as it is shown...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...stored turned: orientation 6 says rotate 90 degrees clockwise to show it
+    Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])  # truncated mid-scan
+    for name in ("grey16", "grey8", "turned", "cut"):
+        (tmp_path / f"{name}.txt").write_text(name)
+    with pytest.warns(UserWarning, match="'unreadable': 1"):
+        ds = rd.ImageFolderCaptions(tmp_path, sizes=(32,), holdout=0)
+    assert [p.name for p in ds.skipped["unreadable"]] == ["cut.jpg"]
+    item = {c: ds[k]["images"][32] for k, (_, c) in enumerate(ds.items)}
+    assert (item["grey16"] - item["grey8"]).abs().max() <= 1 / 127.5 + 1e-6  # scaled, not clipped to white
+    top, bottom = item["turned"][:, :4].mean((1, 2)), item["turned"][:, -4:].mean((1, 2))
+    assert top[0] > 0.5 and bottom[0] < -0.5  # red at the top: turned the way its EXIF shows it
+
+
+def test_a_folder_split_treats_captions_differing_in_case_as_one(tmp_path):
+    for k in range(20):
+        for j, caption in enumerate((f"Photo {k}", f"photo {k}")):  # one caption to the lowercasing tokenizer
+            Image.new("RGB", (32, 32), (k, j, 0)).save(tmp_path / f"{k}_{j}.png")
+            (tmp_path / f"{k}_{j}.txt").write_text(caption)
+    train, held = ({c.lower() for _, c in rd.ImageFolderCaptions(tmp_path, train=t, holdout=0.25).items}
+                   for t in (True, False))
+    assert len(held) == 5 and not train & held
+
+
+def test_idx_classes_come_from_the_folder_itself_before_its_parents(tmp_path):
+    write_idx_set(tmp_path / "fashion_project" / "mnist")
+    assert rd.IDXCaptions(tmp_path / "fashion_project" / "mnist")[7]["named"] == {"class": "seven"}
+
+
+def test_cifar_batches_pickled_with_protocol_5_load(tmp_path):
+    batches = write_cifar(tmp_path / "cifar")
+    (tmp_path / "cifar" / "test_batch").write_bytes(pickle.dumps(batches["test_batch"], protocol=5))
+    raw = batches["test_batch"][b"data"][0]
+    test = rd.CIFAR10Captions(tmp_path / "cifar", train=False)
+    assert torch.equal(test[0]["images"][32], torch.from_numpy(raw.reshape(3, 32, 32)) / 127.5 - 1)
+
+
 # ----------------------------------------------------------------------------- evaluator
 def quadrants(n, seed):
     """Trivially separable: a bright 16x16 square in quadrant k (the label) on noise, uint8."""
@@ -373,3 +418,9 @@ def test_class_grid_puts_each_class_on_its_row(tmp_path):
     assert [centre(0, 0), centre(0, 1), centre(1, 0), centre(1, 1)] == [
         (0, 255, 0), (255, 255, 0), (255, 0, 0), (0, 0, 255)]  # class a: images 1, 3; class b: 0, 2
     assert {centre(r, c) for r, c in ((0, 2), (1, 2), (2, 0), (2, 1), (2, 2))} == {(255, 255, 255)}  # blanks
+
+
+def test_accuracy_needs_a_label_per_image(trained):
+    u, labels = quadrants(8, 1)
+    with pytest.raises(ValueError, match="8 images but 1 labels"):
+        trained.accuracy(u, labels[:1])

@@ -148,3 +148,8 @@ def test_dataloader_collates():
     b = next(iter(loader))
     assert b["images"][64].shape == (4, 3, 64, 64) and len(b["caption"]) == 4
     assert isinstance(b["named"][0], dict) and set(b["attrs"][0]) == set(td.ATTRIBUTES)
+
+
+def test_a_negative_seed_is_refused_when_the_set_is_made_not_in_a_worker():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        td.Shapes(4, (32,), seed=-1)

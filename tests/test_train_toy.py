@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import STEPS, TINY
 
+import metrics
 import train_config
 import train_toy
 from clip_frozen import CLIP
@@ -24,28 +26,6 @@ from prior import DiffusionPrior
 from upsample import Upsampler
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 4
-TINY = ("--train_size 48 --eval_size 4 --log_every 2 --ckpt_every 2 "
-        "--clip.vision_width 32 --clip.vision_layers 1 --clip.transformer_width 32 "
-        "--clip.transformer_layers 1 --clip.embed_dim 16 "
-        "--prior.width 32 --prior.layers 1 --prior.heads 1 "
-        "--decoder.channels 8 --decoder.channel_mults 1,2,2 --decoder.head_channels 8 "
-        "--decoder.text_layers 1 --decoder.text_width 16 --decoder.text_heads 1 --decoder.num_res_blocks 1 "
-        "--up1.channels 8 --up2.channels 8 "
-        "--sampling.prior_steps 2 --sampling.decoder_steps 2 --sampling.up_steps 2,2").split()
-for _stage in ("clip", "prior", "decoder", "up1", "up2"):
-    TINY += [f"--opt_{_stage}.steps", str(STEPS), f"--opt_{_stage}.batch", "4"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "toy"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        report = train_toy.main(TINY + ["--out", str(out)])
-    (out / "stdout.txt").write_text(printed.getvalue())
-    return out, report
-
 
 def test_every_stage_and_the_evaluation_print_progress_with_an_eta(finished_run):
     lines = (finished_run[0] / "stdout.txt").read_text().splitlines()
@@ -58,7 +38,7 @@ def test_every_stage_and_the_evaluation_print_progress_with_an_eta(finished_run)
 def test_the_evaluation_eta_is_the_stage_time_per_step_times_the_steps_left(monkeypatch):
     now, lines = [100.0], []
     monkeypatch.setattr(train_toy.time, "perf_counter", lambda: now[0])
-    progress = train_toy.progress_log(["decoder", "up1"], lines.append, every=25)
+    progress = metrics.progress_log(["decoder", "up1"], lines.append, every=25)
     for stage, n, seconds_per_step in (("decoder", 10, 6.0), ("up1", 4, 30.0)):
         for i in range(1, n + 1):
             now[0] += seconds_per_step
@@ -111,15 +91,20 @@ def test_a_folder_with_any_checkpoint_needs_resume_or_overwrite(finished_run, tm
         train_toy.main(TINY + ["--out", str(tmp_path), "--resume", "--overwrite"])
 
 
-def test_overwrite_deletes_only_the_checkpoints_it_retrains(finished_run, tmp_path):
+def test_overwrite_replaces_a_checkpoint_only_when_its_stage_saves_afresh(finished_run, tmp_path):
     for name in ("clip.pt", "prior.pt", "decoder.pt", "report.json"):
         shutil.copy(finished_run[0] / name, tmp_path / name)
-    old_prior = (tmp_path / "prior.pt").read_bytes()
-    with pytest.raises(FloatingPointError):  # diverges before the first decoder checkpoint
+    (tmp_path / "decoder_000002.pt").write_bytes(b"an earlier run's snapshot")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.*")}
+    with pytest.raises(FloatingPointError):  # diverges before the first decoder checkpoint: nothing is lost
         train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--overwrite",
                                "--opt_decoder.lr", "1e30"])
-    assert sorted(p.name for p in tmp_path.glob("*.*")) == ["clip.pt", "prior.pt"]
-    assert (tmp_path / "prior.pt").read_bytes() == old_prior
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.*")} == before
+    train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--overwrite",
+                           "--opt_decoder.steps", "2"])
+    assert torch.load(tmp_path / "decoder.pt", weights_only=True)["train"]["step"] == 2  # trained afresh
+    assert not (tmp_path / "decoder_000002.pt").exists()  # the stale snapshot went at that first save
+    assert (tmp_path / "prior.pt").read_bytes() == before["prior.pt"]
 
 
 def test_unknown_option_and_stage_are_refused(tmp_path):
@@ -130,7 +115,11 @@ def test_unknown_option_and_stage_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("opt_decoder.steps", "0", "--opt_decoder.steps 0: must be >= 1"),
+    ("opt_decoder.steps", "0", "--opt_decoder.steps 0: must lie in [1, 100000]"),
+    ("opt_up1.steps", "100001", "--opt_up1.steps 100001: must lie in [1, 100000]"),
+    ("seed", "4294967296", "--seed 4294967296: must lie in [0, 2^32)"),
+    ("device", "cuda:99", "--device cuda:99: this torch sees no such device"),
+    ("stages", "decoder", "clip.pt does not exist; add clip to --stages"),
     ("opt_clip.batch", "-4", "--opt_clip.batch -4: must be >= 1"),
     ("opt_prior.lr", "nan", "--opt_prior.lr nan: must be a finite number"),
     ("opt_up1.lr", "0", "--opt_up1.lr 0.0: must be > 0"),
@@ -258,16 +247,17 @@ def test_adamw_is_one_fused_kernel_and_takes_the_closed_form_first_step():
 
 
 FAULTS = """
-import resource, sys, torch
-import train_config
+import ctypes, resource, sys, torch
+import metrics
 if sys.argv[1] == "reuse":
-    assert train_config.reuse_freed_memory()
+    assert metrics.reuse_freed_memory()
 else:  # glibc's initial threshold, held there: every 16 MiB block is a fresh mapping
-    train_config.ctypes.CDLL(None).mallopt(-3, 128 << 10)
+    ctypes.CDLL(None).mallopt(-3, 128 << 10)
 def step():  # eight 16 MiB blocks written and freed, as a step's activations are
     blocks = [torch.ones(4 << 20) for _ in range(8)]
     del blocks
-step()
+for _ in range(3):  # the allocator settles
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     step()
