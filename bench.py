@@ -375,7 +375,8 @@ def profile_table(report: dict) -> str:
             for models in report["models"].values() for name, r in models.items()
             for kind, b in r.get("profile", {}).items()]
     return (markdown(["step", "precision", "ms", *GROUPS], rows)
-            + "\n\n% of the profiled step time (torch.profiler; groups: bench.py's docstring)")
+            + "\n\n% of the profiled step time (torch.profiler; groups: bench.py's docstring; in CPU bf16 "
+              "diffusion.attention's plain products count in matmul/linear, its softmax in other)")
 
 
 def matmul_peaks(device, native: bool, quick: bool, reps: int) -> dict:
@@ -401,10 +402,12 @@ def main(argv=None) -> dict:
     p.add_argument("--channels-last", action="store_true", help="the U-Nets channels-last (CUDA: always)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Nets (inductor; --peer: ours)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps per profile; 0 = no profile")
-    p.add_argument("--peer", action="store_true", help="also time DALLE2-pytorch beside ours, if importable")
+    p.add_argument("--peer", action="store_true", help="also DALLE2-pytorch beside ours (first --precision)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 rep, 2 sampling steps, small matmul")
     args = p.parse_args(argv)
+    if any(v is not None and v < n for v, n in ((args.reps, 1), (args.threads, 1), (args.profile_steps, 0))):
+        p.error("--reps and --threads must be >= 1, --profile-steps >= 0")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     if not names or set(names) - set(MODELS):
         raise SystemExit(f"--only {args.only!r}: choose from {','.join(MODELS)}")
@@ -438,9 +441,8 @@ def main(argv=None) -> dict:
     if args.peer:
         report["peer"] = peer_comparison(device, precisions[0], reps, args.quick, args.compile)
         print("\n" + report["peer"].get("skipped", report["peer"].get("table")))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    if args.json:  # its folder made if missing: a finished benchmark is not lost
+        metrics.save_atomic_text(args.json, json.dumps(report, indent=2))
     return report
 
 

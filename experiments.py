@@ -57,6 +57,7 @@ from prior import ARPrior, DiffusionPrior
 from scoring import (
     BANK_SEED,
     Settings,
+    along,
     binding,
     bits_per_dim,
     curve_rows,
@@ -262,7 +263,7 @@ DECODER_RECIPES = {"own": ("the run's recipe", [], 1),
 
 def exp_recipes(a, pipe, cfg) -> tuple:
     """Decoder recipes judged by accuracy from the true z_i against training seconds: each trained anew
-    under the run's config, its EMA weights kept at about six points of its schedule."""
+    under the run's config, its EMA weights kept every ckpt_every multiple nearest a sixth of its steps."""
     held, every = shapes_batch(a.n, a.seed + EVAL_SEED, a.holdout), cfg.get("ckpt_every", 500)
     own = a.train_steps or cfg.get("opt_decoder", {}).get("steps", 1)
     batch = 2 * cfg.get("opt_decoder", vars(train_config.Config().opt_decoder))["batch"]
@@ -289,16 +290,11 @@ def exp_curves(a, pipe, cfg) -> tuple:
     if not rows:
         raise SystemExit(f"{a.run} holds no stage checkpoint with a loss history")
     chart(a, "curves", panels)
-    return rows, "per-step training losses averaged over 200 windows; seconds from report.json"
+    return rows, "per-step losses averaged over windows of len // 200 steps (at least 1); seconds: report"
 
 
 def chart(a, name: str, panels: list) -> None:  # OUT/<name>.png, the table as line charts
     metrics.save_charts(panels, a.out / f"{name}.png")
-
-
-def along(xs: list, rows: list, key: str) -> list:
-    """[(x, row[key])] for a chart's series: one row per x."""
-    return [(x, r[key]) for x, r in zip(xs, rows, strict=True)]
 
 
 def exp_components(a, pipe, cfg) -> tuple:
@@ -335,15 +331,6 @@ EXPERIMENTS = {  # name: (title, the function that measures it -> (rows or {titl
     "components": ("Each module on its own: CLIP, prior, decoder, upsamplers", exp_components)}
 
 
-def table(rows: list) -> str:
-    """Markdown table; columns in ORDER, then the others as they come; "–" where a row has none."""
-    columns = [c for c in dict.fromkeys((*ORDER, *(k for r in rows for k in r))) if any(c in r for r in rows)]
-    cell = lambda v, c: ("–" if v is None else FORMATS.get(c, "{:.3f}").format(v)
-                         if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows])
-
-
 def run(name: str, a, pipe, cfg) -> dict:
     """One experiment -> OUT/name.md and OUT/name.json; returns the JSON record."""
     clock = time.perf_counter()
@@ -364,7 +351,8 @@ def run(name: str, a, pipe, cfg) -> dict:
     record |= {"rows": tables[""]} if "" in tables else {"tables": tables}
     text = (f"### {title}\n\n    {record['command']}\n\nseed {a.seed}; {settings}.  \n"
             f"machine: {record['machine']}; wall time {record['seconds']:.0f} s\n\n"
-            + "\n\n".join((f"#### {t}\n\n" if t else "") + table(r) for t, r in tables.items()) + "\n")
+            + "\n\n".join((f"#### {t}\n\n" if t else "") + metrics.markdown_table(r, ORDER, FORMATS)
+                            for t, r in tables.items()) + "\n")
     for suffix, body in ((".md", text), (".json", json.dumps(record, indent=2, default=str))):
         metrics.save_atomic_text(a.out / f"{name}{suffix}", body)
     print(text, flush=True)
@@ -410,9 +398,11 @@ def settings(argv: list) -> tuple:
     metrics.reuse_freed_memory()  # as train_toy's runs
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     steps, scales = scoring.numbers(p.steps), scoring.numbers(p.scales, float)
-    if p.per_caption < 2 or (p.n is not None and p.n < 2) or not steps or not scales or p.bank < 1:
-        raise SystemExit("need --n >= 2 and --per-caption >= 2 (FD_CLIP and diversity need two "
-                         "images), --bank >= 1, and at least one value in --steps and --scales")
+    low = [(p.n, 2), (p.per_caption, 2), (p.bank, 1), (p.nll_stride, 1), (p.prior_steps, 2),
+           (p.decoder_steps, 2), (p.train_steps, 1), *((s, 2) for s in steps or [0])]
+    if any(v is not None and v < n for v, n in low) or not all(map(math.isfinite, scales or [math.nan])):
+        raise SystemExit("need --n >= 2, --per-caption >= 2 (FD_CLIP, diversity), --steps, --prior-steps, "
+                         "--decoder-steps >= 2, --bank, --nll-stride, --train-steps >= 1, finite --scales")
     if not p.run.is_dir():
         raise SystemExit(f"no run folder {p.run}; train one with: python train_toy.py --out {p.run}")
     report = p.run / "report.json"
@@ -434,15 +424,25 @@ def settings(argv: list) -> tuple:
 
 def main(argv=None) -> list:
     a, cfg = settings(list(sys.argv[1:] if argv is None else argv))
-    pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
+    try:
+        pipe = unclip.from_stage_checkpoints(a.run, device=a.device)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{e}; train the run with python train_toy.py --out {a.run}") from None
     if pipe.prior is None:
         raise SystemExit(f"{a.run} has no prior.pt or ar_prior.pt; train one with "
                          f"python train_toy.py --out {a.run} --stages prior --resume")
     if pipe.image_size != 32:  # the real renders, the toy CLIP and the Evaluator are at 32x32
         raise SystemExit(f"the experiments read 32x32 decoder images; {a.run} decodes at "
                          f"{pipe.image_size}x{pipe.image_size}")
-    return [run(name, replace(a, n=a.n or DEFAULT_N.get(name, 64)), pipe, cfg)
-            for name in (EXPERIMENTS if a.experiment == "all" else (a.experiment,))]
+    records = []
+    for name in EXPERIMENTS if a.experiment == "all" else (a.experiment,):
+        try:
+            records.append(run(name, replace(a, n=a.n or DEFAULT_N.get(name, 64)), pipe, cfg))
+        except SystemExit as e:  # all: one experiment this run cannot do does not stop the others
+            if a.experiment != "all":
+                raise
+            print(f"{name}: skipped: {e}", file=sys.stderr, flush=True)
+    return records
 
 
 if __name__ == "__main__":

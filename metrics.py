@@ -213,7 +213,8 @@ def save_atomic(obj, path: Path) -> None:
     guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), os.replace(f"{path}.tmp", path)))
 
 
-def save_atomic_text(path: Path, text: str) -> None:
+def save_atomic_text(path: Path, text: str) -> None:  # its folder made if missing
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))
 
 
@@ -230,6 +231,17 @@ def reuse_freed_memory() -> bool:
         return False
     trim, mmap = -1, -3  # glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD; setting one fixes both
     return mallopt is not None and bool(mallopt(mmap, 32 << 20) and mallopt(trim, 1 << 30))
+
+
+def markdown_table(rows: list, order=(), formats=None) -> str:
+    """rows (dicts) as a markdown table: the columns in `order`, then the others as they come; floats by
+    formats[column] (default {:.3f}); "–" where a row has none."""
+    formats = formats or {}
+    columns = [c for c in dict.fromkeys((*order, *(k for r in rows for k in r))) if any(c in r for r in rows)]
+    cell = lambda v, c: ("–" if v is None else formats.get(c, "{:.3f}").format(v)
+                         if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows])
 
 
 def weights_id(module: torch.nn.Module) -> str:

@@ -252,8 +252,14 @@ def curve_rows(run) -> tuple:
     return rows, panels
 
 
+def along(xs: list, rows: list, key: str) -> list:
+    """[(x, row[key])] for a chart's series: one row per x."""
+    return [(x, r[key]) for x, r in zip(xs, rows, strict=True)]
+
+
 def loss_curve(history: list, points: int = 200) -> list:
-    """[(step, mean loss)] of a stage's per-step loss history, averaged over `points` equal windows."""
+    """[(step, mean loss)] of a stage's per-step loss history, averaged over windows of len // points steps
+    (at least one): about `points` windows, each step its own below 2 * points steps."""
     if not history:
         raise ValueError("empty loss history")
     size = max(1, len(history) // points)

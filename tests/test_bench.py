@@ -52,7 +52,7 @@ def test_matmul_peaks_positive():
 
 
 def test_quick_run_json(tmp_path, capsys):
-    path = tmp_path / "bench.json"
+    path = tmp_path / "not yet" / "bench.json"  # a missing folder is made, not an error after the run
     report = bench.main(["--quick", "--only", "prior", "--threads", "1", "--json", str(path)])
     saved = json.loads(path.read_text())
     p = "bf16" if bench.cpu_has_native_bf16() else "fp32"  # no --precision: diffusion.autocast's "auto"
@@ -171,6 +171,14 @@ def test_bad_only_names_the_choices():
         bench.main(["--only", "decodr"])
     with pytest.raises(ValueError, match="unknown model"):
         bench.build("nope", Config(), torch.device("cpu"), 1, True)
+
+
+@pytest.mark.parametrize("flag, value", [("--reps", "0"), ("--reps", "-1"), ("--threads", "-2"),
+                                         ("--profile-steps", "-1")])
+def test_counts_out_of_range_are_refused_before_any_work(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "prior", flag, value])
+    assert "--reps and --threads must be >= 1, --profile-steps >= 0" in capsys.readouterr().err
 
 
 def test_unet_layout_and_compile_switches(monkeypatch):

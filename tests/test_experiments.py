@@ -349,3 +349,30 @@ def test_prior_recipes_are_parsed_and_checked():
     for bad in ("", "6000", "1x2x3", "0x0.1", "10x0", "10xnan", "ax0.1"):
         with pytest.raises(SystemExit, match="--prior-recipes"):
             scoring.step_lr_pairs(bad)
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "1,10"), ("--nll-stride", "0"), ("--scales", "1,nan"),
+                                         ("--decoder-steps", "0"), ("--prior-steps", "1"), ("--train-steps", "0")])
+def test_numbers_out_of_range_are_refused_before_any_work(tmp_path, flag, value):
+    with pytest.raises(SystemExit, match="need --n >= 2, --per-caption >= 2"):
+        experiments.main(["variance", "--run", str(tmp_path), flag, value])
+
+
+def test_a_run_without_its_decoder_is_refused_with_what_to_train(run, tmp_path):
+    shutil.copy(run / "clip.pt", tmp_path / "clip.pt")
+    with pytest.raises(SystemExit, match=f"train the run with python train_toy.py --out {tmp_path}"):
+        experiments.main(["curves", "--run", str(tmp_path)])
+
+
+def test_all_says_which_experiment_it_cannot_do_and_runs_the_others(run, tmp_path, monkeypatch, capsys):
+    def cannot(a, pipe, cfg):
+        raise SystemExit("the run holds out no pair")
+
+    def can(a, pipe, cfg):
+        return [{"row": "measured", "all": 1.0}], "a note"
+    monkeypatch.setattr(experiments, "EXPERIMENTS", {"holdout": ("Held out", cannot), "curves": ("Curves", can)})
+    records = experiments.main(["all", "--run", str(run), "--out", str(tmp_path), *FAST])
+    assert [r["experiment"] for r in records] == ["curves"] and (tmp_path / "curves.md").exists()
+    assert "holdout: skipped: the run holds out no pair" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="holds out no pair"):  # asked for by name, it still stops
+        experiments.main(["holdout", "--run", str(run), "--out", str(tmp_path), *FAST])
