@@ -393,16 +393,17 @@ def parser() -> argparse.ArgumentParser:
 def settings(argv: list) -> tuple:
     """(Settings, the run's saved config or {}) from the command line, every check before any work."""
     p = parser().parse_args(argv)
-    if p.threads:
-        torch.set_num_threads(p.threads)
     metrics.reuse_freed_memory()  # as train_toy's runs
     auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     steps, scales = scoring.numbers(p.steps), scoring.numbers(p.scales, float)
     low = [(p.n, 2), (p.per_caption, 2), (p.bank, 1), (p.nll_stride, 1), (p.prior_steps, 2),
-           (p.decoder_steps, 2), (p.train_steps, 1), *((s, 2) for s in steps or [0])]
+           (p.decoder_steps, 2), (p.train_steps, 1), (p.threads, 1), *((s, 2) for s in steps or [0])]
     if any(v is not None and v < n for v, n in low) or not all(map(math.isfinite, scales or [math.nan])):
-        raise SystemExit("need --n >= 2, --per-caption >= 2 (FD_CLIP, diversity), --steps, --prior-steps, "
-                         "--decoder-steps >= 2, --bank, --nll-stride, --train-steps >= 1, finite --scales")
+        raise SystemExit("need --n, --per-caption (FD_CLIP, diversity), --steps, --prior-steps and "
+                         "--decoder-steps >= 2; --bank, --nll-stride, --train-steps and --threads >= 1; "
+                         "finite --scales")
+    if p.threads:
+        torch.set_num_threads(p.threads)
     if not p.run.is_dir():
         raise SystemExit(f"no run folder {p.run}; train one with: python train_toy.py --out {p.run}")
     report = p.run / "report.json"

@@ -100,7 +100,8 @@ class IDXCaptions(torch.utils.data.Dataset):
     """An IDX image/label pair in `root`: the train files (train=True) or the t10k test files. Each grey
     image is padded (or, if larger, cropped and resized) to 32x32 on black and repeated into RGB; the
     caption puts the class phrase into a template drawn by `seed`, e.g. "a photo of a sneaker". classes:
-    a CLASS_SETS key, or None: the first in DETECT whose word the folder's path holds. Item: {"images":
+    a CLASS_SETS key, or None: the first in DETECT whose word the folder's name holds (else its parents',
+    nearest first). Item: {"images":
     {32: x}, "caption", "label", "named"}."""
 
     def __init__(self, root, train: bool = True, classes=None, seed: int = 0):
@@ -115,7 +116,7 @@ class IDXCaptions(torch.utils.data.Dataset):
         key = classes or next((k for n in names for w, k in DETECT if w in n), None)
         if key not in CLASS_SETS:
             raise ValueError(f"{root}: classes {classes!r}: pass one of {sorted(CLASS_SETS)} or None to tell "
-                             f"them by the folder's path, which must then hold one of {list(dict(DETECT))}")
+                             f"them by the folder's name or a parent's, holding one of {list(dict(DETECT))}")
         self.classes, phrase = CLASS_SETS[key]
         self.phrases, self.seed = [phrase(c) for c in self.classes], int(seed)
         images, labels = read_idx(images_file), read_idx(labels_file)

@@ -324,7 +324,7 @@ def parse_args(argv=None, description: str | None = None) -> tuple[Config, argpa
     p.add_argument("--quick", action="store_true", help="tiny preset: all stages in about 2 minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
     p.add_argument("--overwrite", action="store_true",
-                   help="train the stages in --stages afresh (each checkpoint replaced at its first save)")
+                   help="train the stages in --stages afresh (the files replaced kept as *.old until then)")
     for dotted, owner, f in leaves(cfg):
         p.add_argument(f"--{dotted}", default=None, metavar=type(getattr(owner, f.name)).__name__.upper(),
                        help=f"(default: {getattr(owner, f.name)})")
@@ -373,11 +373,15 @@ def stage_options(cfg: Config, name: str, clip_id: str) -> dict:
     return json.loads(json.dumps(keep))
 
 
+def stage_of(path: Path) -> str:  # the --stages name of a stage checkpoint (ar_prior.pt: prior)
+    return "prior" if path.stem == "ar_prior" else path.stem
+
+
 def refuse_changed(path: Path, saved: dict, wanted: dict, flag) -> None:
     """SystemExit naming each field of wanted that saved holds with another value, as flag(k) writes it."""
     if saved.get("clip", wanted.get("clip")) != wanted.get("clip"):
         raise SystemExit(f"{path} was trained on another CLIP than the clip.pt beside it: pass --overwrite "
-                         f"--stages {path.stem} to train it afresh on this one, or --out for another folder")
+                         f"--stages {stage_of(path)} to train it afresh on it, or --out for another folder")
     if shown := [(k, option_text(saved[k]) or '""', option_text(v) or '""') for k, v in wanted.items()
                  if k in saved and saved[k] != v]:
         other = ", ".join(f"{flag(k)} {a} (now {b})" for k, a, b in shown)
@@ -385,9 +389,11 @@ def refuse_changed(path: Path, saved: dict, wanted: dict, flag) -> None:
                          f"--overwrite to train the stages afresh, or --out for another folder")
 
 
-def check_folder(out: Path, args, rank: int) -> None:
+def check_folder(out: Path, trained: list, args, rank: int) -> None:
     """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
-    a forgotten --resume must not retrain (and so overwrite) stages that are already trained."""
+    a forgotten --resume must not retrain (and so overwrite) stages that are already trained. --overwrite
+    sets the files it replaces aside as NAME.old (trained: the stages' checkpoints), so a run stopped early
+    leaves nothing that passes for its own and destroys nothing; each goes once its replacement is saved."""
     if args.resume and args.overwrite:
         raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
     found = [p.name for p in map(out.joinpath, RUN_FILES) if p.exists()]
@@ -401,8 +407,11 @@ def check_folder(out: Path, args, rank: int) -> None:
         probe.unlink()
     except OSError as e:
         raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
-    if args.overwrite and rank == 0:  # the data may differ; a stage checkpoint is replaced at its first save
-        (out / "classifier.pt").unlink(missing_ok=True)
+    if args.overwrite and rank == 0:
+        (out / "classifier.pt").unlink(missing_ok=True)  # trained on the data, which may differ
+        for old in map(out.joinpath, ("report.json", "report.md", "unclip.pt", *trained)):
+            if old.exists():
+                os.replace(old, f"{old}.old")
 
 
 def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, int, int]:
@@ -431,5 +440,5 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
     metrics.reuse_freed_memory()
     if "clip" not in stages and not (clip := Path(cfg.out) / "clip.pt").exists():  # all later stages read it
         raise SystemExit(f"--stages {cfg.stages}: {clip} does not exist; add clip to --stages")
-    check_folder(Path(cfg.out), args, rank)
+    check_folder(Path(cfg.out), [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
     return stages, device, rank, world

@@ -35,22 +35,13 @@ import metrics
 import real_data
 import scoring
 import toy_data
+import train_config
 import unclip
 from clip_frozen import FrozenCLIP, load_clip, make_tokenizer, tokenizer_kind
 from metrics import clip_score, guarded, progress_log, save_atomic, save_grid, usable_cpus
 from prior import trim_padding
 from toy_data import Shapes, attribute_accuracy, shapes_collate
-from train_config import (
-    STAGES,
-    Config,
-    Optim,
-    link,
-    new_model,
-    parse_args,
-    prepare,
-    refuse_changed,
-    stage_options,
-)
+from train_config import STAGES, Config, Optim, link, new_model, parse_args, prepare
 
 
 # ----------------------------------------------------------------------------- data
@@ -135,14 +126,16 @@ def resume_from(path: Path, model, ema, opt, run: Run, oc: Optim) -> tuple[int, 
     """Weights, optimizer, step, loss history, training seconds and this process's RNG state from a stage
     checkpoint; a file without training state (a copied clip.pt) counts as finished."""
     ck = torch.load(path, map_location=run.device, weights_only=True)
-    # a stage trained under other options (or older defaults) is named, not loaded into the wrong shapes
+    # a stage trained under other options (or older defaults, or on another CLIP: checked first, as its
+    # widths would show as the model's) is named, not loaded into the wrong shapes
+    wanted = train_config.stage_options(run.cfg, path.stem, run.clip_id)
+    opt_fields = {f.name for f in fields(Optim)}
+    train_config.refuse_changed(path, ck.get("train", {}).get("options", {}), wanted,
+                   lambda k: f"--opt_{path.stem}.{k}" if k in opt_fields else f"--{k}")
     config = model.config if path.stem == "clip" else model.cfg  # a field older code lacked: its default
     saved = type(config)(**{k: v for k, v in ck["config"].items() if k in {f.name for f in fields(config)}})
-    refuse_changed(path, *(json.loads(json.dumps(asdict(c))) for c in (saved, config)),
+    train_config.refuse_changed(path, *(json.loads(json.dumps(asdict(c))) for c in (saved, config)),
                    lambda k: f"--{path.stem}.{k}")
-    opt_fields, wanted = {f.name for f in fields(Optim)}, stage_options(run.cfg, path.stem, run.clip_id)
-    refuse_changed(path, ck.get("train", {}).get("options", {}), wanted,
-                   lambda k: f"--opt_{path.stem}.{k}" if k in opt_fields else f"--{k}")
     ema.load_state_dict(ck["state_dict"])
     if "train" not in ck:
         return oc.steps, [], 0.0
@@ -165,11 +158,12 @@ def save_stage(name: str, model, ema, opt, run: Run, progress: dict, fresh: bool
         torch.distributed.all_gather_object(rngs, rng_state(run.device))
     if run.rank == 0:
         for old in [*run.out.glob(f"{name}_[0-9]*.pt"), *run.out.glob(f"grids/{name}_[0-9]*.png")] * fresh:
-            old.unlink()
+            old.unlink()  # an earlier run's snapshots and previews of this stage
         config = model.config if name == "clip" else model.cfg  # CLIP keeps OpenAI's attribute name
         weights = {"config": asdict(config), "state_dict": ema.state_dict()}
         train = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rngs} | progress
         save_atomic(weights | {"train": train}, run.out / f"{name}.pt")
+        (run.out / f"{name}.pt.old").unlink(missing_ok=True)  # what --overwrite set aside is replaced
         if run.cfg.snapshot_every and (step := progress["step"]) % run.cfg.snapshot_every == 0:
             snapshot = weights | {"step": step, "seconds": progress["seconds"]}
             save_atomic(snapshot, run.out / f"{name}_{step:06d}.pt")
@@ -212,7 +206,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
     hooks = [] if name == "clip" else diffusion.autocast_network(net_only, run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
     begun, fresh = clock - spent, start == 0  # begun: the stage's training seconds count on across resumes
-    options = stage_options(cfg, name, run.clip_id)
+    options = train_config.stage_options(cfg, name, run.clip_id)
     for step in range(start, oc.steps):
         # linear warmup, then cosine decay to lr_floor of the peak
         progress = max(0.0, (step - warmup) / max(1, oc.steps - warmup))
@@ -358,15 +352,21 @@ def evaluation_stage(run: Run) -> dict:
     if not all(p.exists() for p in needed):
         run.log(f"evaluation skipped: it needs {', '.join(p.name for p in needed)} in {out}")
         return {}
-    for p in needed:  # a stage trained on an earlier CLIP does not pair with this one
-        refuse_changed(p, torch.load(p, weights_only=True, mmap=True).get("train", {}).get("options", {}),
-                       {"clip": run.clip_id}, None)
+    # a stage trained on an earlier CLIP does not pair with this one
+    if stale := [p for p in needed if unclip.read_checkpoint(p).get("train", {}).get("options", {}).get(
+            "clip", run.clip_id) != run.clip_id]:
+        stages = ",".join(map(train_config.stage_of, stale))
+        run.log(f"evaluation skipped: {', '.join(p.name for p in stale)} trained on another CLIP than "
+                f"{out / 'clip.pt'}; retrain with --overwrite --stages {stages}")
+        return {}
     pipe = unclip.from_stage_checkpoints(out, device=run.device, prior_kind=cfg.prior_kind)
     guarded(out / "unclip.pt", lambda: unclip.save_pipeline(out / "unclip.pt", pipe))
     with run.timed("eval"):
         report = evaluate(cfg, pipe, run.clip, run.z_bank, run.data, out, run.log)
     report |= {"seconds": {k: round(v, 1) for k, v in run.seconds.items()}, "config": asdict(cfg)}
     metrics.write_report(report, out, run.log)
+    for name in ("unclip.pt", "report.json", "report.md"):  # what --overwrite set aside is replaced
+        (out / f"{name}.old").unlink(missing_ok=True)
     return report
 
 

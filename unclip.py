@@ -273,7 +273,7 @@ def save_pipeline(path, pipe: UnCLIP) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def _read(path) -> dict:
+def read_checkpoint(path) -> dict:
     """torch.load(weights_only=True): loading never runs pickled code; errors say what was found."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}; {HINT}")
@@ -326,7 +326,7 @@ def _assemble(ckpt: dict, where, device) -> UnCLIP:
 
 def load_pipeline(path, device="cpu") -> UnCLIP:
     """The UnCLIP in a save_pipeline file, on `device`."""
-    return _assemble(_read(path), path, device)
+    return _assemble(read_checkpoint(path), path, device)
 
 
 def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
@@ -338,7 +338,7 @@ def from_stage_checkpoints(folder, device="cpu", prior_kind=None) -> UnCLIP:
     if not {"clip.pt", "decoder.pt"} <= set(files):
         raise FileNotFoundError(f"{folder} needs clip.pt and decoder.pt (found: "
                                 f"{', '.join(files) or 'no .pt files'}); {HINT}")
-    read = lambda name: _read(os.path.join(folder, name))
+    read = lambda name: read_checkpoint(os.path.join(folder, name))
     names = {"diffusion": "prior.pt", "ar": "ar_prior.pt"}
     kind = next((k for k in ([prior_kind] if prior_kind else names) if names[k] in files), None)
     prior = {**read(names[kind]), "kind": kind} if kind else None

@@ -94,7 +94,7 @@ def test_idx_classes_from_the_path_or_chosen(tmp_path):
     assert rd.IDXCaptions(tmp_path / "mnist")[7]["caption"].endswith(" the digit seven")
     assert rd.IDXCaptions(tmp_path / "mnist")[7]["named"] == {"class": "seven"}
     assert rd.IDXCaptions(tmp_path / "kmnist")[1]["caption"].endswith(" the hiragana ki")
-    with pytest.raises(ValueError, match="folder's path"):
+    with pytest.raises(ValueError, match="folder's name or a parent's"):
         rd.IDXCaptions(tmp_path / "data")
     assert rd.IDXCaptions(tmp_path / "data", classes="digits")[2]["named"] == {"class": "two"}
     with pytest.raises(ValueError, match="letters"):

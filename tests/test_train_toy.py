@@ -91,19 +91,24 @@ def test_a_folder_with_any_checkpoint_needs_resume_or_overwrite(finished_run, tm
         train_toy.main(TINY + ["--out", str(tmp_path), "--resume", "--overwrite"])
 
 
-def test_overwrite_replaces_a_checkpoint_only_when_its_stage_saves_afresh(finished_run, tmp_path):
+def test_overwrite_sets_what_it_replaces_aside_until_the_stage_saves(finished_run, tmp_path, capsys):
     for name in ("clip.pt", "prior.pt", "decoder.pt", "report.json"):
         shutil.copy(finished_run[0] / name, tmp_path / name)
     (tmp_path / "decoder_000002.pt").write_bytes(b"an earlier run's snapshot")
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.*")}
-    with pytest.raises(FloatingPointError):  # diverges before the first decoder checkpoint: nothing is lost
+    with pytest.raises(FloatingPointError):  # diverges before the first decoder checkpoint
         train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--overwrite",
                                "--opt_decoder.lr", "1e30"])
-    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.*")} == before
-    train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--overwrite",
+    aside = {"decoder.pt": "decoder.pt.old", "report.json": "report.json.old"}  # kept, but not as this run's
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("*.*")}
+    assert after == {aside.get(k, k): v for k, v in before.items()}
+    capsys.readouterr()
+    train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "decoder", "--resume",
                            "--opt_decoder.steps", "2"])
+    assert "decoder: already trained" not in capsys.readouterr().out  # the old decoder does not pass as done
     assert torch.load(tmp_path / "decoder.pt", weights_only=True)["train"]["step"] == 2  # trained afresh
     assert not (tmp_path / "decoder_000002.pt").exists()  # the stale snapshot went at that first save
+    assert sorted(p.name for p in tmp_path.glob("*.old")) == []  # each replaced once its successor was saved
     assert (tmp_path / "prior.pt").read_bytes() == before["prior.pt"]
 
 
