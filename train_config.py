@@ -249,6 +249,8 @@ def check_config(cfg: Config, stages: list, world: int) -> None:
 def check_sizes(cfg: Config, stages: list, world: int) -> None:
     """Batches that split over the processes, image sizes that chain, sampling steps that exist."""
     s, res, up = cfg.sampling, cfg.clip.image_resolution, (cfg.up1, cfg.up2)
+    if world > 10:  # train_toy's init seeds, seed * 1000 + stage * 10 + rank, would repeat across stages
+        raise SystemExit(f"torchrun with {world} processes: train_toy.py takes at most 10")
     fits = [(f"--opt_{n}.batch", getattr(cfg, f"opt_{n}").batch % world == 0,
              f"must be a multiple of the {world} processes") for n in stages if n != "clip"]
     fits += [("--up1.low_res", cfg.up1.low_res == res, f"must equal --clip.image_resolution {res}"),

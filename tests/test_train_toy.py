@@ -443,3 +443,8 @@ def test_a_folder_of_large_images_trains_the_whole_cascade(tmp_path):
     assert all((out / f"{name}.pt").exists() for name in ("up1", "up2"))
     held = real_data.ImageFolderCaptions(tmp_path / "photos", train=False, seed=0)
     assert (out / "samples_128.png").exists() and report["n"] == len(held) > 0  # the held-out captions
+
+
+def test_more_processes_than_the_seed_streams_keep_apart_are_refused():
+    with pytest.raises(SystemExit, match="torchrun with 11 processes: train_toy.py takes at most 10"):
+        train_config.check_config(train_config.Config(), list(train_config.STAGES), world=11)
