@@ -191,8 +191,8 @@ def save_charts(panels: list, path, size=(380, 300)) -> Path:
 def _save_png(image: Image.Image, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(tmp := path.with_name(path.name + ".tmp"), format="PNG")
-    os.replace(tmp, path)  # atomic: a crash never leaves half a picture behind
+    image.save(path.with_name(path.name + ".tmp"), format="PNG")
+    commit(path)  # atomic: a crash never leaves half a picture behind
     return path
 
 
@@ -209,13 +209,27 @@ def guarded(path: Path, save) -> None:
                       "The files written before are kept: make room, then run again with --resume") from None
 
 
+def commit(path) -> None:
+    """path.tmp, written, becomes path: its bytes reach the disk first (fsync), then the rename, then the
+    folder's entry (POSIX), so neither a crash nor a power cut leaves a half-written file at path."""
+    with open(f"{path}.tmp", "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(f"{path}.tmp", path)
+    if hasattr(os, "O_DIRECTORY"):
+        folder = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
 def save_atomic(obj, path: Path) -> None:
-    guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), os.replace(f"{path}.tmp", path)))
+    guarded(path, lambda: (torch.save(obj, f"{path}.tmp"), commit(path)))
 
 
 def save_atomic_text(path: Path, text: str) -> None:  # its folder made if missing
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), os.replace(f"{path}.tmp", path)))
+    guarded(path, lambda: (Path(f"{path}.tmp").write_text(text), commit(path)))
 
 
 def reuse_freed_memory() -> bool:

@@ -207,12 +207,13 @@ def _held_out(captions: list, fraction: float, seed: int) -> set:
 
 
 class ImageFolderCaptions(torch.utils.data.Dataset):
-    """Every image PIL can read under `root` (recursively) with a same-named .txt caption, made RGB
-    (transparency onto white), centre-cropped square at the largest of `sizes` and area-averaged down to
-    the others, so the views agree as Shapes' do. A `holdout` share of the distinct captions, chosen by
-    `seed` whatever the sizes, is the held-out split (train=False). Images without a caption, with an
-    empty one, unreadable or smaller than the largest size are skipped, listed in `.skipped` and counted
-    in a warning; an empty split is an error. Item: {"images": {size: x for size in sizes}, "caption"}."""
+    """Every image PIL can read under `root` (recursively) with a same-named .txt caption, turned as its EXIF
+    says and made RGB (16-bit grey scaled to 8 bits, transparency onto white), centre-cropped square at the
+    largest of `sizes` and area-averaged down to the others, so the views agree as Shapes' do. A `holdout`
+    share of the distinct captions, chosen by `seed` whatever the sizes, is the held-out split
+    (train=False). Images without a caption, with an empty one, unreadable, of float pixels or smaller than
+    the largest size are skipped, listed in `.skipped` and counted in a warning; an empty split is an error.
+    Item: {"images": {size: x for size in sizes}, "caption"}."""
 
     def __init__(self, root, sizes=(32,), train: bool = True, holdout: float = 0.1, seed: int = 0):
         if not (root := Path(root)).is_dir():
@@ -235,14 +236,18 @@ class ImageFolderCaptions(torch.utils.data.Dataset):
     def _scan(self, root: Path) -> list:
         """[(path, caption, shorter side)] of the readable captioned images; fills self.skipped."""
         suffixes = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
-        self.skipped, found = {"no caption": [], "empty caption": [], "unreadable": []}, []
+        self.skipped = {k: [] for k in ("no caption", "empty caption", "unreadable", "float pixels")}
+        found = []
         for p in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes):
             try:
                 with Image.open(p) as im:
                     im.load()  # decodes the whole file: catches garbage and truncation, in any format
-                    side = min(im.size)
+                    side, mode = min(im.size), im.mode
             except Exception:  # PIL raises many kinds of error for a bad file
                 self.skipped["unreadable"].append(p)
+                continue
+            if mode == "F":  # 32-bit float pixels have no one range to read as 0-255
+                self.skipped["float pixels"].append(p)
                 continue
             txt = p.with_suffix(".txt")
             caption = " ".join(txt.read_text("utf-8", "replace").split()) if txt.is_file() else None

@@ -127,3 +127,14 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_not_rounding_below():
     x = torch.randn(100, 128, generator=torch.Generator().manual_seed(0))  # fewer samples than dimensions
     assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
     assert metrics.frechet_distance(x, x) >= 0.0
+
+
+def test_an_atomic_write_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    calls, real_fsync, real_replace = [], metrics.os.fsync, metrics.os.replace
+    monkeypatch.setattr(metrics.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(metrics.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    metrics.save_atomic({"w": torch.ones(2)}, tmp_path / "x.pt")
+    assert calls[:2] == ["fsync", "replace"]  # the bytes, then the name; then the folder's entry (POSIX)
+    assert calls[2:] == (["fsync"] if hasattr(metrics.os, "O_DIRECTORY") else [])
+    assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True)["w"], torch.ones(2))
+    assert not (tmp_path / "x.pt.tmp").exists()

@@ -263,7 +263,7 @@ def test_image_folder_held_out_split(tmp_path):
     assert len(rd.open_dataset(f"folder:{tmp_path / 'f'}", train=False)) == len(held)
 
 
-def test_image_folder_skips_a_truncated_jpeg_and_reads_16_bit_grey_and_exif_turns(tmp_path):
+def test_image_folder_skips_truncated_and_float_images_and_reads_16_bit_grey_and_exif_turns(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))  # dark left, bright right
     Image.fromarray(ramp).save(tmp_path / "grey16.png")
     Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "grey8.png")
@@ -272,13 +272,15 @@ def test_image_folder_skips_a_truncated_jpeg_and_reads_16_bit_grey_and_exif_turn
     exif = Image.Exif()
     exif[0x0112] = 6  # ...stored turned: orientation 6 says rotate 90 degrees clockwise to show it
     Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif)
+    Image.fromarray(np.full((64, 64), 0.5, np.float32)).save(tmp_path / "float.tif")  # mode F
     Image.new("RGB", (64, 64), (0, 0, 255)).save(tmp_path / "cut.jpg")
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])  # truncated mid-scan
-    for name in ("grey16", "grey8", "turned", "cut"):
+    for name in ("grey16", "grey8", "turned", "cut", "float"):
         (tmp_path / f"{name}.txt").write_text(name)
-    with pytest.warns(UserWarning, match="'unreadable': 1"):
+    with pytest.warns(UserWarning, match="'unreadable': 1, 'float pixels': 1"):
         ds = rd.ImageFolderCaptions(tmp_path, sizes=(32,), holdout=0)
     assert [p.name for p in ds.skipped["unreadable"]] == ["cut.jpg"]
+    assert [p.name for p in ds.skipped["float pixels"]] == ["float.tif"]
     item = {c: ds[k]["images"][32] for k, (_, c) in enumerate(ds.items)}
     assert (item["grey16"] - item["grey8"]).abs().max() <= 1 / 127.5 + 1e-6  # scaled, not clipped to white
     top, bottom = item["turned"][:, :4].mean((1, 2)), item["turned"][:, -4:].mean((1, 2))
