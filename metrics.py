@@ -212,15 +212,17 @@ def guarded(path: Path, save) -> None:
 def commit(path) -> None:
     """path.tmp, written, becomes path: its bytes reach the disk first (fsync), then the rename, then the
     folder's entry (POSIX), so neither a crash nor a power cut leaves a half-written file at path."""
-    with open(f"{path}.tmp", "rb") as f:
+    with open(f"{path}.tmp", "r+b") as f:  # Windows' fsync needs a handle open for writing
         os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
-    if hasattr(os, "O_DIRECTORY"):
+    try:  # the folder's entry: POSIX only, and best effort (some network file systems refuse it)
         folder = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
+    except (AttributeError, OSError):
+        pass
 
 
 def save_atomic(obj, path: Path) -> None:

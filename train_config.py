@@ -394,11 +394,11 @@ def refuse_changed(path: Path, saved: dict, wanted: dict, flag) -> None:
 def check_folder(out: Path, trained: list, args, rank: int) -> None:
     """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
     a forgotten --resume must not retrain (and so overwrite) stages that are already trained. --overwrite
-    sets the files it replaces aside as NAME.old (trained: the stages' checkpoints), so a run stopped early
-    leaves nothing that passes for its own and destroys nothing; each goes once its replacement is saved."""
+    sets the files it replaces aside as NAME.old (trained: the stages' checkpoints): each goes once its
+    replacement is saved, and train_toy.main puts back those not replaced when the run ends or fails."""
     if args.resume and args.overwrite:
         raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
-    found = [p.name for p in map(out.joinpath, RUN_FILES) if p.exists()]
+    found = [n for n in (*RUN_FILES, *(f"{f}.old" for f in RUN_FILES)) if (out / n).exists()]
     if found and not (args.resume or args.overwrite):
         raise SystemExit(f"{out} already holds {', '.join(found)}. Pass --resume to continue that run (a "
                          "finished stage is kept, a stopped one goes on from its last checkpoint), "

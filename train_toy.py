@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -91,6 +92,7 @@ class Run:
     clip_id: str = ""  # a hash of the frozen CLIP's weights: the later stages record which CLIP they read
     text: tuple | None = None  # (tokens, mask) of every training caption
     seconds: dict = field(default_factory=dict)  # per stage, for the report
+    skipped: set = field(default_factory=set)  # stages the data cannot train (no images of their size)
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -200,8 +202,7 @@ def train_stage(name: str, model: nn.Module, batch_fn, oc: Optim, run: Run):
         run.log(f"{name}: already trained ({start} steps), skipping" if start >= oc.steps else
                 f"{name}: resumed at step {start}/{oc.steps}")
     net = nn.parallel.DistributedDataParallel(LossOf(model)) if run.world > 1 else LossOf(model)
-    # the network alone under autocast: a U-Net, or a prior's Transformer; CLIP in fp32, as every
-    # later stage reads its embeddings
+    # the network alone under autocast (a U-Net, a prior's Transformer); CLIP in fp32: later stages read it
     net_only = getattr(model, "net", model)
     hooks = [] if name == "clip" else diffusion.autocast_network(net_only, run.device, cfg.precision)
     pending, clock, warmup = [], time.perf_counter(), min(100, oc.steps // 10 + 1)
@@ -333,6 +334,7 @@ def upsampler_stage(run: Run, name: str) -> None:
     """Stages 3-4: an upsampler, trained on random crops of the higher-resolution images [unCLIP] Sec. 2.1."""
     cfg, oc, size = run.cfg, getattr(run.cfg, f"opt_{name}"), getattr(run.cfg, name).high_res
     if name in run.stages and size not in run.data.images:
+        run.skipped.add(name)  # so an earlier run's checkpoint of it is not put back beside this data's
         run.log(f"{name}: skipped, the data has no {size}x{size} images")
     elif name in run.stages:
         batch = lambda step: (as_float(run.data.images[size][run.rows(name, step, oc.batch)], run.device),)
@@ -374,13 +376,18 @@ def evaluation_stage(run: Run) -> dict:
 def main(argv=None) -> dict:
     cfg, args = parse_args(argv, __doc__)
     run = Run(cfg, Path(cfg.out), args.resume, *prepare(cfg, args))  # every check before any work
-    run.data = load_data(cfg, cfg.data_sizes(run.stages), run.log)
-    clip_stage(run)
-    prior_stage(run)
-    decoder_stage(run)
-    upsampler_stage(run, "up1")
-    upsampler_stage(run, "up2")
-    report = evaluation_stage(run)
+    try:
+        run.data = load_data(cfg, cfg.data_sizes(run.stages), run.log)
+        clip_stage(run)
+        prior_stage(run)
+        decoder_stage(run)
+        upsampler_stage(run, "up1")
+        upsampler_stage(run, "up2")
+        report = evaluation_stage(run)
+    finally:  # what --overwrite set aside and this run did not replace goes back, whatever stopped it
+        for old in run.out.glob("*.old") if run.rank == 0 else ():
+            if not (new := old.with_suffix("")).exists() and new.stem not in run.skipped:
+                os.replace(old, new)
     if run.world > 1:
         torch.distributed.destroy_process_group()
     return report

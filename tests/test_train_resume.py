@@ -1,5 +1,5 @@
-"""What --resume and the evaluation refuse to mix, and what a non-finite gradient stops: train_toy.py on
-tiny settings (tiny_run.TINY), from copies of one finished run."""
+"""What --resume and the evaluation refuse to mix, what a non-finite gradient stops, and what else a run
+folder must refuse: train_toy.py on tiny settings (tiny_run.TINY), from copies of one finished run."""
 
 import re
 import shutil
@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_run import TINY
 
+import train_config
 import train_toy
 from decoder import Decoder
 
@@ -79,3 +80,14 @@ def test_stages_trained_on_another_clip_are_refused_on_resume_and_skip_the_evalu
                f"{tmp_path / 'clip.pt'}; retrain with --overwrite --stages prior,decoder")
     assert skipped in capsys.readouterr().out
     assert not (tmp_path / "unclip.pt").exists()  # never assembled from the mismatched stages
+
+
+def test_files_set_aside_by_a_killed_overwrite_are_a_run_to_resume_or_overwrite(tmp_path):
+    (tmp_path / "decoder.pt.old").write_bytes(b"set aside by an --overwrite that was killed")
+    with pytest.raises(SystemExit, match=r"already holds decoder\.pt\.old\. Pass --resume"):
+        train_toy.main(TINY + ["--out", str(tmp_path)])
+
+
+def test_more_processes_than_the_seed_streams_keep_apart_are_refused():
+    with pytest.raises(SystemExit, match="torchrun with 11 processes: train_toy.py takes at most 10"):
+        train_config.check_config(train_config.Config(), list(train_config.STAGES), world=11)
