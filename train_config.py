@@ -395,7 +395,8 @@ def check_folder(out: Path, trained: list, args, rank: int) -> None:
     """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
     a forgotten --resume must not retrain (and so overwrite) stages that are already trained. --overwrite
     sets the files it replaces aside as NAME.old (trained: the stages' checkpoints): each goes once its
-    replacement is saved, and train_toy.main puts back those not replaced when the run ends or fails."""
+    replacement is saved, and train_toy.main puts back those not replaced when the run ends or fails (but
+    not one of a stage the data cannot train, an upsampler on 32x32 data: it stays NAME.old)."""
     if args.resume and args.overwrite:
         raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
     found = [n for n in (*RUN_FILES, *(f"{f}.old" for f in RUN_FILES)) if (out / n).exists()]
