@@ -9,6 +9,7 @@ Symbols and names
     x, y       image batches [B, 3, H, W] in [-1, 1], or feature sets [N, D] for frechet_distance
 """
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -223,6 +224,23 @@ def commit(path) -> None:
             os.close(folder)
     except (AttributeError, OSError):
         pass
+
+
+def set_aside(paths) -> list:
+    """Each existing path renamed to path.old, nothing deleted -> the paths set aside."""
+    moved = [Path(p) for p in paths if Path(p).exists()]
+    for p in moved:
+        os.replace(p, f"{p}.old")
+    return moved
+
+
+def put_back(paths, but=()) -> None:
+    """Each path.old back to path where nothing was written at path since, but the stems in `but`; one that
+    cannot move stays path.old (nothing is lost, and no error hides the one that stopped the caller)."""
+    for p in map(Path, paths):
+        if not p.exists() and p.stem not in but:
+            with contextlib.suppress(OSError):
+                os.replace(f"{p}.old", p)
 
 
 def save_atomic(obj, path: Path) -> None:

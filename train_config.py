@@ -391,12 +391,12 @@ def refuse_changed(path: Path, saved: dict, wanted: dict, flag) -> None:
                          f"--overwrite to train the stages afresh, or --out for another folder")
 
 
-def check_folder(out: Path, trained: list, args, rank: int) -> None:
+def check_folder(out: Path, trained: list, args, rank: int) -> list:
     """Refuse a folder that holds a run unless --resume or --overwrite says what to do with it:
     a forgotten --resume must not retrain (and so overwrite) stages that are already trained. --overwrite
     sets the files it replaces aside as NAME.old (trained: the stages' checkpoints): each goes once its
-    replacement is saved, and train_toy.main puts back those not replaced when the run ends or fails (but
-    not one of a stage the data cannot train, an upsampler on 32x32 data: it stays NAME.old)."""
+    replacement is saved, and train_toy.main puts back those not replaced when the run ends or fails (not
+    the report or unclip.pt once a stage saved, nor a stage the data cannot train). -> the files set aside."""
     if args.resume and args.overwrite:
         raise SystemExit("pass --resume (continue the run) or --overwrite (start afresh), not both")
     found = [n for n in (*RUN_FILES, *(f"{f}.old" for f in RUN_FILES)) if (out / n).exists()]
@@ -410,16 +410,15 @@ def check_folder(out: Path, trained: list, args, rank: int) -> None:
         probe.unlink()
     except OSError as e:
         raise SystemExit(f"cannot write to {out} ({e.strerror or e}): pass --out a writable folder") from None
-    if args.overwrite and rank == 0:
-        (out / "classifier.pt").unlink(missing_ok=True)  # trained on the data, which may differ
-        for old in map(out.joinpath, ("report.json", "report.md", "unclip.pt", *trained)):
-            if old.exists():
-                os.replace(old, f"{old}.old")
+    if not (args.overwrite and rank == 0):
+        return []
+    (out / "classifier.pt").unlink(missing_ok=True)  # trained on the data, which may differ
+    return metrics.set_aside(map(out.joinpath, ("report.json", "report.md", "unclip.pt", *trained)))
 
 
-def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, int, int]:
+def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, int, int, list]:
     """Every check before any work, then the device, the process group (under torchrun) and the run
-    folder: (stages, device, rank, world)."""
+    folder: (stages, device, rank, world, the files --overwrite set aside)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     if unknown := set(stages) - set(STAGES):
@@ -443,5 +442,5 @@ def prepare(cfg: Config, args: argparse.Namespace) -> tuple[list, torch.device, 
     metrics.reuse_freed_memory()
     if "clip" not in stages and not (clip := Path(cfg.out) / "clip.pt").exists():  # all later stages read it
         raise SystemExit(f"--stages {cfg.stages}: {clip} does not exist; add clip to --stages")
-    check_folder(Path(cfg.out), [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages], args, rank)
-    return stages, device, rank, world
+    trained = [f"{cfg.prior_name if s == 'prior' else s}.pt" for s in stages]
+    return stages, device, rank, world, check_folder(Path(cfg.out), trained, args, rank)

@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -86,6 +85,7 @@ class Run:
     device: torch.device
     rank: int = 0
     world: int = 1
+    aside: list = field(default_factory=list)  # what --overwrite set aside as NAME.old
     data: Data | None = None
     clip: FrozenCLIP | None = None
     z_bank: torch.Tensor | None = None  # the true z_i of every training image
@@ -93,6 +93,7 @@ class Run:
     text: tuple | None = None  # (tokens, mask) of every training caption
     seconds: dict = field(default_factory=dict)  # per stage, for the report
     skipped: set = field(default_factory=set)  # stages the data cannot train (no images of their size)
+    saved: bool = False  # a stage saved: the report and unclip.pt set aside no longer describe the folder
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -166,6 +167,7 @@ def save_stage(name: str, model, ema, opt, run: Run, progress: dict, fresh: bool
         train = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rngs} | progress
         save_atomic(weights | {"train": train}, run.out / f"{name}.pt")
         (run.out / f"{name}.pt.old").unlink(missing_ok=True)  # what --overwrite set aside is replaced
+        run.saved = True
         if run.cfg.snapshot_every and (step := progress["step"]) % run.cfg.snapshot_every == 0:
             snapshot = weights | {"step": step, "seconds": progress["seconds"]}
             save_atomic(snapshot, run.out / f"{name}_{step:06d}.pt")
@@ -385,9 +387,7 @@ def main(argv=None) -> dict:
         upsampler_stage(run, "up2")
         report = evaluation_stage(run)
     finally:  # what --overwrite set aside and this run did not replace goes back, whatever stopped it
-        for old in run.out.glob("*.old") if run.rank == 0 else ():
-            if not (new := old.with_suffix("")).exists() and new.stem not in run.skipped:
-                os.replace(old, new)
+        metrics.put_back(run.aside, but=run.skipped | ({"report", "unclip"} if run.saved else set()))
     if run.world > 1:
         torch.distributed.destroy_process_group()
     return report

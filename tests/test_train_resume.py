@@ -91,3 +91,18 @@ def test_files_set_aside_by_a_killed_overwrite_are_a_run_to_resume_or_overwrite(
 def test_more_processes_than_the_seed_streams_keep_apart_are_refused():
     with pytest.raises(SystemExit, match="torchrun with 11 processes: train_toy.py takes at most 10"):
         train_config.check_config(train_config.Config(), list(train_config.STAGES), world=11)
+
+
+def test_a_report_set_aside_stays_aside_once_a_stage_saved_and_others_files_are_left_alone(finished_run,
+                                                                                          tmp_path, capsys):
+    _copy(finished_run[0], tmp_path, "clip.pt", "prior.pt", "decoder.pt", "report.json", "unclip.pt")
+    (tmp_path / "notes.txt.old").write_text("the user's")  # not set aside by the run: never touched
+    (tmp_path / "up1.pt.old").write_bytes(b"set aside by an earlier run")
+    old = {n: (tmp_path / n).read_bytes() for n in ("report.json", "unclip.pt")}
+    train_toy.main(TINY + ["--out", str(tmp_path), "--stages", "clip", "--overwrite",
+                           "--opt_clip.lr", "3e-3"])
+    assert "evaluation skipped: prior.pt, decoder.pt trained on another CLIP" in capsys.readouterr().out
+    for name, data in old.items():  # the old pipeline's, beside a new CLIP: kept, but not as this run's
+        assert not (tmp_path / name).exists() and (tmp_path / f"{name}.old").read_bytes() == data
+    assert (tmp_path / "notes.txt.old").exists() and not (tmp_path / "notes.txt").exists()
+    assert (tmp_path / "up1.pt.old").exists() and not (tmp_path / "up1.pt").exists()
