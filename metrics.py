@@ -1,6 +1,7 @@
 """Measures and pictures that do not depend on the data: CLIP score, Frechet distance, PSNR, a
 captioned image grid, line charts, the machine a figure was measured on, its peak memory and glibc's
-reuse of freed memory, atomic file writes, the run report and a sampling progress line with its ETA.
+reuse of freed memory, atomic fsync'd file writes (and files set aside, put back), the run report and a
+sampling progress line with its ETA.
 train_toy.py, experiments.py, real_data.py, unclip.py and bench.py share them; toy_data.py and
 real_data.py hold the data-specific readers.
 

@@ -134,11 +134,11 @@ def resume_from(path: Path, model, ema, opt, run: Run, oc: Optim) -> tuple[int, 
     wanted = train_config.stage_options(run.cfg, path.stem, run.clip_id)
     opt_fields = {f.name for f in fields(Optim)}
     train_config.refuse_changed(path, ck.get("train", {}).get("options", {}), wanted,
-                   lambda k: f"--opt_{path.stem}.{k}" if k in opt_fields else f"--{k}")
+                                lambda k: f"--opt_{path.stem}.{k}" if k in opt_fields else f"--{k}")
     config = model.config if path.stem == "clip" else model.cfg  # a field older code lacked: its default
     saved = type(config)(**{k: v for k, v in ck["config"].items() if k in {f.name for f in fields(config)}})
     train_config.refuse_changed(path, *(json.loads(json.dumps(asdict(c))) for c in (saved, config)),
-                   lambda k: f"--{path.stem}.{k}")
+                                lambda k: f"--{path.stem}.{k}")
     ema.load_state_dict(ck["state_dict"])
     if "train" not in ck:
         return oc.steps, [], 0.0
@@ -155,7 +155,7 @@ def resume_from(path: Path, model, ema, opt, run: Run, oc: Optim) -> tuple[int, 
 def save_stage(name: str, model, ema, opt, run: Run, progress: dict, fresh: bool) -> None:
     """The stage checkpoint (EMA weights + what resuming needs: progress's step, history, seconds and options,
     every process's RNG state), a preview; every cfg.snapshot_every steps also the EMA weights alone as
-    <name>_<step>.pt. The first save of a stage trained afresh (fresh) deletes an earlier run's of it."""
+    <name>_<step>.pt. A stage trained afresh (fresh) first deletes an earlier run's snapshots and previews."""
     rngs = [rng_state(run.device)] * run.world
     if run.world > 1:  # each process draws its own noise: keep every one's state
         torch.distributed.all_gather_object(rngs, rng_state(run.device))
