@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def finished_run(tmp_path_factory):
     """A whole tiny train_toy.py run (tiny_run.TINY): its folder, read only by the tests, and its report."""
     from tiny_run import TINY
